@@ -138,7 +138,7 @@ class RestartPolicy:
 
     def backoff(self, attempt: int, rand: float = 0.5) -> float:
         """Delay before restart number ``attempt`` (1-based); ``rand`` in [0, 1) gives jitter."""
-        base = min(self.backoff_max, self.backoff_min * (2 ** max(0, attempt - 1)))
+        base = min(self.backoff_max, self.backoff_min * 2.0 ** max(0, attempt - 1))
         return max(0.0, base * (1 + self.jitter * (2 * rand - 1)))
 
 

@@ -89,5 +89,5 @@ class NoInstanceAvailable(SpearError):
     """No instance can take the request (none READY, or the task's queue is full)."""
 
 
-class TimeoutError(SpearError, _builtin_timeout):  # noqa: A001 - contract name
+class TimeoutError(SpearError, _builtin_timeout):
     """A bounded wait ran out. Also a builtin ``TimeoutError``."""

@@ -1,0 +1,260 @@
+"""Strict, bounded msgpack codec for SpearMessages and their payloads (sans-IO).
+
+``decode`` is the single gate for untrusted bytes: whatever it is given, it returns a valid
+:class:`SpearMessage` or raises :class:`RemoteProtocolError` whose ``code`` is the wire ERROR
+code (``too_large``, ``unsupported_version`` or ``bad_message``). It never raises anything else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import msgpack
+
+from ..errors import LocalProtocolError, RemoteProtocolError
+from .types import (
+    MAX_REQUEST_ID,
+    PROTOCOL_VERSION,
+    AuthRequest,
+    AuthResponse,
+    ConnectionClose,
+    Error,
+    ErrorCode,
+    ExecuteRequest,
+    ExecuteResponse,
+    Heartbeat,
+    MessageType,
+    Payload,
+    Signal,
+    SpearMessage,
+    StreamData,
+)
+
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "SUPPORTED_VERSIONS",
+    "decode",
+    "decode_payload",
+    "encode",
+    "encode_payload",
+    "make_message",
+    "pack",
+]
+
+DEFAULT_MAX_SIZE = 16 << 20
+SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
+_ENVELOPE_KEYS = frozenset({"message_type", "request_id", "timestamp", "payload", "version"})
+_MAX_CONTAINER = 4096  # entries in any map or array inside a payload
+
+
+def _bad(what: str, code: ErrorCode = ErrorCode.BAD_MESSAGE) -> NoReturn:
+    raise RemoteProtocolError(what, code.value)
+
+
+def _no_ext(code: int, data: bytes) -> NoReturn:
+    _bad(f"msgpack extension type {code} is not allowed")
+
+
+def _unpack(data: bytes, limit: int) -> Any:
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True, ext_hook=_no_ext,
+            max_str_len=limit, max_bin_len=limit,
+            max_array_len=_MAX_CONTAINER, max_map_len=_MAX_CONTAINER, timestamp=0)
+    except RemoteProtocolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many types; all mean "bad bytes"
+        _bad(f"not valid msgpack: {type(exc).__name__}")
+
+
+# --- field checkers: value -> normalised value, or raise -----------------------------------
+
+Check = Callable[[Any, str], Any]
+
+
+def _str(v: Any, key: str) -> str:
+    if not isinstance(v, str):
+        _bad(f"{key} must be a str")
+    return v
+
+
+def _opt_str(v: Any, key: str) -> str | None:
+    return None if v is None else _str(v, key)
+
+
+def _bin(v: Any, key: str) -> bytes:
+    if not isinstance(v, bytes):
+        _bad(f"{key} must be bin")
+    return v
+
+
+def _bool(v: Any, key: str) -> bool:
+    if not isinstance(v, bool):
+        _bad(f"{key} must be a bool")
+    return v
+
+
+def _uint64(v: Any, key: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_REQUEST_ID:
+        _bad(f"{key} must be an int in 0..2**64-1")
+    return v
+
+
+def _float(v: Any, key: str) -> float:
+    # ints are accepted for float fields: clients in other languages may send 1 for 1.0
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        _bad(f"{key} must be a float")
+    f = float(v)
+    if not math.isfinite(f):
+        _bad(f"{key} must be finite")
+    return f
+
+
+def _opt_float(v: Any, key: str) -> float | None:
+    return None if v is None else _float(v, key)
+
+
+def _str_map(v: Any, key: str) -> dict[str, str]:
+    if not isinstance(v, dict) or not all(
+            isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+        _bad(f"{key} must be a map of str to str")
+    return v
+
+
+def _str_list(v: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        _bad(f"{key} must be an array of str")
+    return tuple(v)
+
+
+def _stats(v: Any, key: str) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or not all(
+            isinstance(k, str) and (x is None or isinstance(x, (int, float, str, bool)))
+            for k, x in v.items()):
+        _bad(f"{key} must be a map of str to scalars")
+    return v
+
+
+# payload schema: message type -> (record class, required fields, optional fields)
+_SCHEMA: dict[MessageType, tuple[type[Payload], dict[str, Check], dict[str, Check]]] = {
+    MessageType.AUTH_REQUEST: (AuthRequest, {
+        "instance_id": _str, "token": _str, "client_version": _str, "client_type": _str,
+        "extra_params": _str_map}, {}),
+    MessageType.AUTH_RESPONSE: (AuthResponse, {
+        "success": _bool, "session_id": _opt_str, "error_message": _opt_str,
+        "server_version": _str, "supported_features": _str_list,
+        "heartbeat_interval": _float}, {}),
+    MessageType.EXECUTE_REQUEST: (ExecuteRequest, {
+        "method": _str, "data": _bin, "deadline": _opt_float}, {}),
+    MessageType.EXECUTE_RESPONSE: (ExecuteResponse, {
+        "ok": _bool, "data": _bin, "error": _opt_str}, {}),
+    MessageType.SIGNAL: (Signal, {"signal": _str, "reason": _str}, {}),
+    MessageType.HEARTBEAT: (Heartbeat, {"sequence": _uint64}, {"stats": _stats}),
+    MessageType.ERROR: (Error, {"code": _str, "message": _str}, {}),
+    MessageType.STREAM_DATA: (StreamData, {
+        "stream_id": _uint64, "seq": _uint64, "data": _bin, "end": _bool}, {}),
+    MessageType.CONNECTION_CLOSE: (ConnectionClose, {"reason": _str}, {}),
+}
+
+
+def _fields(obj: Any, required: dict[str, Check], optional: dict[str, Check],
+            what: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        _bad(f"{what} must be a map")
+    missing = required.keys() - obj.keys()
+    if missing:
+        _bad(f"{what} lacks key(s): {', '.join(sorted(missing))}")
+    extra = obj.keys() - required.keys() - optional.keys()
+    if extra:
+        _bad(f"{what} has unknown key(s): {', '.join(sorted(map(str, extra)))[:200]}")
+    out = {key: check(obj[key], key) for key, check in required.items()}
+    for key, check in optional.items():
+        if key in obj:
+            out[key] = check(obj[key], key)
+    return out
+
+
+def decode(body: bytes, max_size: int = DEFAULT_MAX_SIZE) -> SpearMessage:
+    """Decode one frame into a SpearMessage, strictly. Raises only RemoteProtocolError."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        _bad("body must be bytes")
+    if len(body) > max_size:
+        _bad(f"message of {len(body)} bytes exceeds the limit of {max_size}",
+             ErrorCode.TOO_LARGE)
+    obj = _unpack(bytes(body), max_size)
+    if not isinstance(obj, dict):
+        _bad("message must be a map")
+    if "version" in obj and obj["version"] not in SUPPORTED_VERSIONS:
+        v = obj["version"]
+        if isinstance(v, int) and not isinstance(v, bool):
+            _bad(f"protocol version {v} is not supported", ErrorCode.UNSUPPORTED_VERSION)
+    if obj.keys() != _ENVELOPE_KEYS:
+        _fields(obj, dict.fromkeys(_ENVELOPE_KEYS, _str), {}, "message")  # raises precisely
+    mt = obj["message_type"]
+    if not isinstance(mt, int) or isinstance(mt, bool):
+        _bad("message_type must be an int")
+    try:
+        message_type = MessageType(mt)
+    except ValueError:
+        _bad(f"unknown message_type {mt}")
+    version = obj["version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        _bad("version must be an int")
+    return SpearMessage(message_type, _uint64(obj["request_id"], "request_id"),
+                        _float(obj["timestamp"], "timestamp"), _bin(obj["payload"], "payload"),
+                        version)
+
+
+def decode_payload(message: SpearMessage, max_size: int = DEFAULT_MAX_SIZE) -> Payload:
+    """Decode and check ``message.payload`` for its type. Raises only RemoteProtocolError."""
+    cls, required, optional = _SCHEMA[message.message_type]
+    fields = _fields(_unpack(message.payload, max_size), required, optional,
+                     f"{message.message_type.name} payload")
+    try:
+        return cls(**fields)
+    except LocalProtocolError as exc:  # belt and braces: the checks above should catch all
+        _bad(str(exc))
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """msgpack bytes of a payload record (keys exactly as in the contract)."""
+    cls, required, optional = _SCHEMA[payload.TYPE]
+    if type(payload) is not cls:
+        raise LocalProtocolError(f"{type(payload).__name__} is not a payload record")
+    fields: dict[str, Any] = {key: getattr(payload, key) for key in required}
+    for key in optional:
+        value = getattr(payload, key)
+        if value is not None:
+            fields[key] = value
+    if isinstance(payload, AuthRequest):
+        fields["extra_params"] = dict(payload.extra_params)
+    elif isinstance(payload, AuthResponse):
+        fields["supported_features"] = list(payload.supported_features)
+    elif isinstance(payload, Heartbeat) and payload.stats is not None:
+        fields["stats"] = dict(payload.stats)
+    return msgpack.packb(fields, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def encode(message: SpearMessage) -> bytes:
+    """msgpack bytes of the envelope: one frame on the wire."""
+    return msgpack.packb({  # type: ignore[no-any-return]
+        "message_type": int(message.message_type),
+        "request_id": message.request_id,
+        "timestamp": message.timestamp,
+        "payload": message.payload,
+        "version": message.version,
+    }, use_bin_type=True)
+
+
+def make_message(payload: Payload, request_id: int, timestamp: float) -> SpearMessage:
+    """Wrap a payload record in an envelope."""
+    return SpearMessage(payload.TYPE, request_id, float(timestamp), encode_payload(payload))
+
+
+def pack(payload: Payload, request_id: int, timestamp: float) -> bytes:
+    """Envelope + payload straight to frame bytes."""
+    return encode(make_message(payload, request_id, timestamp))
