@@ -1,0 +1,268 @@
+"""The router pump: one thread that owns the ROUTER socket (ZeroMQ sockets are not
+thread-safe, and an actor cannot block on its inbox and a socket at once).
+
+Modelled on pyzmq's ``ThreadAuthenticator``: :meth:`RouterPump.start` binds and starts the
+thread with a bounded start-up wait; :meth:`RouterPump.stop` wakes it, closes the socket with
+``linger`` set and terminates the context. The pump thread drains every ready frame and hands
+inbound batches to ``consumer`` (called in the pump thread); any thread may queue outbound
+frames with :meth:`send` (a deque plus a wake-up pipe: a pipe fd, unlike a zmq socket, may be
+written from any thread). Nothing a peer sends can stop the pump.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import zmq
+
+from .._log import logger
+from ..config import ConnectionConfig
+from ..errors import TransportError
+from .endpoints import BoundEndpoint, bind_listener, release_endpoint
+
+__all__ = ["Inbound", "RouterPump"]
+
+MAX_BATCH = 2048
+DEFAULT_HWM = 100_000
+
+
+class Inbound(NamedTuple):
+    """One inbound frame. ``remote_addr`` is set the first time a routing id is seen."""
+
+    routing_id: bytes
+    body: bytes
+    received_at: float  # time.monotonic()
+    remote_addr: str | None
+
+
+Consumer = Callable[[list[Inbound]], None]
+SendFailed = Callable[[bytes, str], None]
+Tick = Callable[[float], None]
+
+
+class RouterPump:
+    """Owns one ROUTER socket in one thread. ``consumer``, ``on_tick`` and ``on_send_failed``
+    run in the pump thread and must not block; exceptions they raise are logged and survived.
+    """
+
+    def __init__(self, consumer: Consumer, config: ConnectionConfig | None = None, *,
+                 on_tick: Tick | None = None, tick_interval: float = 0.1,
+                 on_send_failed: SendFailed | None = None, hwm: int = DEFAULT_HWM,
+                 name: str = "spear") -> None:
+        self.config = config or ConnectionConfig()
+        self._consumer = consumer
+        self._on_tick = on_tick
+        self._tick_interval = tick_interval
+        self._on_send_failed = on_send_failed
+        self._hwm = hwm
+        self._name = name
+        self._outbox: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._woken = False
+        self._stopping = False
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._known: set[bytes] = set()
+        self.bound: BoundEndpoint | None = None
+        self.counters: dict[str, int] = collections.defaultdict(int)
+        """frames_in, frames_out, send_failed, multipart, consumer_errors, ..."""
+
+    # -- owner API (any thread) ------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        if self.bound is None:
+            raise TransportError("the pump is not started")
+        return self.bound.endpoint
+
+    @property
+    def port(self) -> int | None:
+        return self.bound.port if self.bound else None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Bind and start the pump thread; returns the endpoint. Raises TransportError or
+        ConfigError if binding fails, TransportError if the thread does not come up in time."""
+        if self._thread is not None:
+            raise TransportError("the pump was already started")
+        self._thread = threading.Thread(target=self._run, name=f"{self._name}-router-pump",
+                                        daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            self._stopping = True
+            raise TransportError(f"router pump did not start within {timeout} s")
+        if self._start_error is not None:
+            self._thread.join(timeout)
+            raise self._start_error
+        return self.endpoint
+
+    def send(self, routing_id: bytes, body: bytes) -> None:
+        """Queue one frame for ``routing_id`` (thread-safe, never blocks)."""
+        self._outbox.append((routing_id, body))
+        if not self._woken:
+            self._wake()
+
+    def send_many(self, frames: Iterable[tuple[bytes, bytes]]) -> None:
+        """Queue several frames with one wake-up."""
+        self._outbox.extend(frames)
+        if not self._woken:
+            self._wake()
+
+    def forget(self, routing_id: bytes) -> None:
+        """The owner no longer tracks this peer; its address is reported again if it returns."""
+        self._known.discard(routing_id)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread, close the socket, terminate the context. Idempotent."""
+        self._stopping = True
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._wake()
+            thread.join(timeout)
+            if thread.is_alive():
+                logger.error("router pump did not stop within {} s", timeout)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
+
+    def __enter__(self) -> RouterPump:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wake(self) -> None:
+        self._woken = True
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # pipe full (already woken) or closed (stopping)
+
+    # -- pump thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        ctx = zmq.Context()
+        sock: zmq.Socket[bytes] | None = None
+        try:
+            sock = ctx.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
+            sock.setsockopt(zmq.SNDHWM, self._hwm)
+            sock.setsockopt(zmq.RCVHWM, self._hwm)
+            if self.config.curve_secret_key:
+                sock.curve_server = True
+                sock.curve_secretkey = self.config.curve_secret_key.encode()
+            self.bound = bind_listener(sock, self.config, self._name)
+        except BaseException as exc:
+            self._start_error = exc if isinstance(exc, Exception) else TransportError(str(exc))
+            if sock is not None:
+                sock.close(0)
+            ctx.term()
+            self._started.set()
+            return
+        self._started.set()
+        logger.debug("router pump listening on {}", self.bound.endpoint)
+        try:
+            self._loop(sock)
+        except Exception:
+            logger.exception("router pump crashed")
+        finally:
+            sock.close(0)
+            ctx.term()
+            release_endpoint(self.bound)
+
+    def _loop(self, sock: zmq.Socket[bytes]) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_tick = time.monotonic() + self._tick_interval
+        while not self._stopping:
+            timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
+            events = dict(poller.poll(timeout_ms))
+            if self._wake_r in events:
+                try:
+                    os.read(self._wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            self._woken = False
+            if self._outbox:
+                self._flush(sock)
+            if sock in events:
+                self._drain(sock)
+                if self._outbox:  # consumers often answer synchronously
+                    self._flush(sock)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + self._tick_interval
+                if self._on_tick is not None:
+                    self._call(self._on_tick, now)
+
+    def _drain(self, sock: zmq.Socket[bytes]) -> None:
+        batch: list[Inbound] = []
+        known = self._known
+        now = time.monotonic()
+        for _ in range(MAX_BATCH):
+            try:
+                rid_frame = sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            routing_id = rid_frame.bytes
+            body = sock.recv(zmq.NOBLOCK) if sock.rcvmore else b""
+            if sock.rcvmore:  # the contract is one frame per message: refuse the rest
+                while sock.rcvmore:
+                    sock.recv(zmq.NOBLOCK)
+                self.counters["multipart"] += 1
+                body = b""  # decodes as a bad message and is counted as such upstream
+            addr = None
+            if routing_id not in known:
+                known.add(routing_id)
+                try:
+                    addr = str(rid_frame.get("Peer-Address")) or None
+                except zmq.ZMQError:
+                    addr = None
+            batch.append(Inbound(routing_id, body, now, addr))
+        if batch:
+            self.counters["frames_in"] += len(batch)
+            self._call(self._consumer, batch)
+
+    def _flush(self, sock: zmq.Socket[bytes]) -> None:
+        outbox = self._outbox
+        sent = 0
+        while outbox:
+            routing_id, body = outbox.popleft()
+            try:
+                sock.send(routing_id, zmq.SNDMORE | zmq.NOBLOCK)
+                sock.send(body, zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:  # peer's pipe full (slow consumer): drop, never block
+                self._send_failed(routing_id, "peer_backlogged")
+            except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
+                self._send_failed(routing_id, "unreachable" if exc.errno == zmq.EHOSTUNREACH
+                                  else f"error:{exc.errno}")
+        self.counters["frames_out"] += sent
+
+    def _send_failed(self, routing_id: bytes, reason: str) -> None:
+        self.counters["send_failed"] += 1
+        if self._on_send_failed is not None:
+            self._call(self._on_send_failed, routing_id, reason)
+
+    def _call(self, fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self.counters["consumer_errors"] += 1
+            logger.exception("router pump callback {} raised", getattr(fn, "__name__", fn))
