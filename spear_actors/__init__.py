@@ -8,7 +8,7 @@ matters.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -46,7 +46,36 @@ _EXPORTS: dict[str, str] = {
     "attach": "control",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "ConnectionConfig",
+    "ConnectionState",
+    "Event",
+    "ExecutionError",
+    "InstanceClient",
+    "InstanceConfig",
+    "InstanceFailed",
+    "InstanceInfo",
+    "InstanceState",
+    "InsufficientResources",
+    "LocalProtocolError",
+    "MonitoringConfig",
+    "NoInstanceAvailable",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "ResourceLimits",
+    "RestartPolicy",
+    "SpawnError",
+    "SpearError",
+    "SpearSystem",
+    "SupervisionTree",
+    "SystemConfig",
+    "TimeoutError",
+    "TransportError",
+    "__version__",
+    "attach",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -60,17 +89,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
-
-
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .client import InstanceClient
-    from .config import (ConnectionConfig, InstanceConfig, MonitoringConfig, ResourceLimits,
-                         RestartPolicy, SystemConfig)
-    from .control import attach
-    from .errors import (AuthenticationError, ConfigError, ExecutionError, InstanceFailed,
-                         InsufficientResources, LocalProtocolError, NoInstanceAvailable,
-                         ProtocolError, RemoteProtocolError, SpawnError, SpearError,
-                         TimeoutError, TransportError)
-    from .inspect import SupervisionTree
-    from .records import ConnectionState, Event, InstanceInfo, InstanceState
-    from .system import SpearSystem

@@ -110,7 +110,7 @@ class AuthPolicy:
         if self._validator is not None:
             try:
                 accepted = bool(self._validator(instance_id, token))
-            except Exception:  # noqa: BLE001 - a broken validator refuses, never crashes
+            except Exception:
                 accepted = False
             if not accepted:
                 return AuthVerdict.REJECTED_BY_VALIDATOR

@@ -147,6 +147,8 @@ class AuthResponse(Payload):
                  and not isinstance(self.heartbeat_interval, bool)
                  and math.isfinite(self.heartbeat_interval) and self.heartbeat_interval > 0,
                  "heartbeat_interval must be a positive number")
+        # the contract's type is float: never put an int on the wire
+        object.__setattr__(self, "heartbeat_interval", float(self.heartbeat_interval))
 
 
 @dataclass(frozen=True, slots=True)

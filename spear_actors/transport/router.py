@@ -41,7 +41,8 @@ class Inbound(NamedTuple):
 
 
 Consumer = Callable[[list[Inbound]], None]
-SendFailed = Callable[[bytes, str], None]
+SendFailed = Callable[[bytes, bytes, str], None]
+"""(routing_id, body, reason) of a frame that could not be sent."""
 Tick = Callable[[float], None]
 
 
@@ -181,7 +182,7 @@ class RouterPump:
         except Exception:
             logger.exception("router pump crashed")
         finally:
-            sock.close(0)
+            sock.close(linger=100)  # let final CONNECTION_CLOSE frames out
             ctx.term()
             release_endpoint(self.bound)
 
@@ -249,16 +250,16 @@ class RouterPump:
                 sock.send(body, zmq.NOBLOCK)
                 sent += 1
             except zmq.Again:  # peer's pipe full (slow consumer): drop, never block
-                self._send_failed(routing_id, "peer_backlogged")
+                self._send_failed(routing_id, body, "peer_backlogged")
             except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
-                self._send_failed(routing_id, "unreachable" if exc.errno == zmq.EHOSTUNREACH
-                                  else f"error:{exc.errno}")
+                reason = "unreachable" if exc.errno == zmq.EHOSTUNREACH else f"error:{exc.errno}"
+                self._send_failed(routing_id, body, reason)
         self.counters["frames_out"] += sent
 
-    def _send_failed(self, routing_id: bytes, reason: str) -> None:
+    def _send_failed(self, routing_id: bytes, body: bytes, reason: str) -> None:
         self.counters["send_failed"] += 1
         if self._on_send_failed is not None:
-            self._call(self._on_send_failed, routing_id, reason)
+            self._call(self._on_send_failed, routing_id, body, reason)
 
     def _call(self, fn: Callable[..., None], *args: object) -> None:
         try:

@@ -1,0 +1,288 @@
+"""InstanceActor: the lifecycle of one instance process, as an explicit state machine.
+
+One actor per process generation (a restart makes a new one). Runs in its own Pykka thread;
+the process watcher thread reports the exit with a ``tell``, the ConnectionActor reports auth
+and connection loss, the scheduler reports the startup deadline. The actor never blocks on
+the process: stopping and killing run in short-lived helper threads.
+
+States: STARTING -> CONNECTING -> READY <-> (BUSY is the task manager's view) ->
+UNHEALTHY (heartbeat lost: killed) / STOPPING (operator) -> exit reported to the supervisor,
+which decides RESTARTING, STOPPED or FAILED.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pykka
+
+from .._log import logger
+from ..config import InstanceConfig, ResourceLimits
+from ..errors import SpawnError
+from ..messages import (
+    ChildCrashed,
+    ChildExited,
+    ChildReady,
+    ConnectionAuthenticated,
+    ConnectionLost,
+    Crash,
+    DescribeInstance,
+    ExpectInstance,
+    ForgetInstance,
+    InstanceRoute,
+    InstanceUpdated,
+    KillProcess,
+    ProcessExited,
+    RecordEvent,
+    SendSignal,
+    StartupTimedOut,
+    StopProcess,
+    TrackProcess,
+)
+from ..process import ManagedProcess, build_env, spawn
+from ..records import InstanceInfo, InstanceState
+from ..scheduler import TimerHandle
+from .deps import Deps, safe_tell
+
+__all__ = ["InstanceActor"]
+
+UNHEALTHY_REASONS = frozenset({"heartbeat_timeout", "idle_timeout", "protocol_error"})
+STOP_GRACE = 1.0  # seconds after SIGNAL stop before SIGTERM
+
+
+class InstanceActor(pykka.ThreadingActor):
+    """One generation of one instance. ``__init__`` runs in the supervisor's thread,
+    everything else in this actor's thread."""
+
+    def __init__(self, *, instance_id: str, task_id: str, generation: int, secret: str,
+                 config: InstanceConfig, limits: ResourceLimits, argv: list[str], cwd: str,
+                 restarts: int, supervisor: pykka.ActorRef[Any], deps: Deps) -> None:
+        super().__init__()
+        self.instance_id = instance_id
+        self.task_id = task_id
+        self.generation = generation
+        self._secret = secret
+        self.config = config
+        self.limits = limits
+        self.argv = argv
+        self.cwd = cwd
+        self.restarts = restarts
+        self._supervisor = supervisor
+        self._deps = deps
+        deps.children.add(self.actor_ref)
+        self.state = InstanceState.CREATING
+        self._proc: ManagedProcess | None = None
+        self._connection_id: str | None = None
+        self._session_id: str | None = None
+        self._started_at: float | None = None
+        self._startup_timer: TimerHandle | None = None
+        self._exit_reason: str | None = None
+        self._stopping = False
+        self._reported = False
+        self._log = logger.bind(actor="instance", instance=instance_id)
+
+    def __repr__(self) -> str:
+        return f"<InstanceActor {self.instance_id} gen={self.generation} {self.state.value}>"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def on_start(self) -> None:
+        # Pykka does not call on_failure for on_start errors, so handle them here
+        try:
+            self._launch()
+        except SpawnError as exc:
+            self._log.error("could not start: {}", exc)
+            self._exit_reason = f"spawn failed: {exc}"
+            self._report_exit(None)
+        except Exception as exc:
+            self._log.exception("instance actor failed to start")
+            self._crash_cleanup(f"{type(exc).__name__}: {exc}")
+
+    def on_stop(self) -> None:
+        self._deps.children.discard(self.actor_ref)
+
+    def on_failure(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
+        self._deps.children.discard(self.actor_ref)
+        self._crash_cleanup(f"{getattr(exc_type, '__name__', exc_type)}: {exc_value}")
+
+    def _crash_cleanup(self, error: str) -> None:
+        """The actor is dying of an exception: kill the process, tell the supervisor."""
+        self._cancel_timer()
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill_tree()
+        self._unroute()
+        safe_tell(self._deps.connection, ForgetInstance(self.instance_id, self.generation,
+                                                        "instance_crashed"))
+        safe_tell(self._deps.monitor, TrackProcess(self.instance_id, None))
+        if not self._reported:
+            self._reported = True
+            safe_tell(self._supervisor, ChildCrashed(self.generation, error))
+        self.actor_stopped.set()  # make sure nothing else is processed
+
+    def _launch(self) -> None:
+        deps = self._deps
+        self._set_state(InstanceState.STARTING)
+        deps.connection.tell(ExpectInstance(self.instance_id, self._secret, self.actor_ref,
+                                            self.generation))
+        extra = dict(self.config.env)
+        extra.setdefault("SPEAR_MAX_CONCURRENCY", str(self.config.max_concurrency))
+        env = build_env(instance_id=self.instance_id, secret=self._secret,
+                        port=deps.listener.port, endpoint=deps.listener.endpoint,
+                        transport=deps.listener.transport, extra=extra,
+                        inherit_env=self.config.inherit_env)
+        ref = self.actor_ref
+        holder: list[int] = []
+
+        def on_exit(code: int) -> None:  # runs in the watcher thread
+            safe_tell(ref, ProcessExited(holder[0] if holder else -1, code))
+
+        self._proc = spawn(argv=self.argv, env=env, cwd=self.cwd, limits=self.limits,
+                           instance_id=self.instance_id, on_exit=on_exit,
+                           watcher=deps.watcher)
+        holder.append(self._proc.pid)
+        self._started_at = time.time()
+        self._log.info("started pid {} (generation {})", self._proc.pid, self.generation)
+        deps.monitor.tell(TrackProcess(self.instance_id, self._proc.pid))
+        self._event("InstanceStarted", pid=self._proc.pid, generation=self.generation)
+        self._set_state(InstanceState.CONNECTING)
+        self._startup_timer = deps.scheduler.call_later(
+            self.config.startup_timeout, lambda: safe_tell(ref, StartupTimedOut()))
+
+    # -- messages ------------------------------------------------------------------------------
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case ConnectionAuthenticated(connection_id, session_id, routing_id):
+                self._authenticated(connection_id, session_id, routing_id)
+            case ConnectionLost(connection_id, reason):
+                self._connection_lost(connection_id, reason)
+            case ProcessExited(_, exit_code):
+                self._report_exit(exit_code)
+            case StartupTimedOut():
+                if self.state is InstanceState.CONNECTING and not self._stopping:
+                    self._log.warning("no authentication within {} s: killing",
+                                      self.config.startup_timeout)
+                    self._kill("startup_timeout")
+            case StopProcess(reason):
+                self._graceful_stop(reason)
+            case KillProcess(reason):
+                self._kill(reason)
+            case Crash(text):
+                raise RuntimeError(text)
+            case DescribeInstance():
+                return self.info()
+            case _:
+                self._log.warning("unexpected message {!r}", type(message).__name__)
+        return None
+
+    def _authenticated(self, connection_id: str, session_id: str, routing_id: bytes) -> None:
+        if self._stopping or self._proc is None or self._proc.returncode is not None:
+            return
+        self._cancel_timer()
+        self._connection_id = connection_id
+        self._session_id = session_id
+        self._set_state(InstanceState.READY)
+        self._event("InstanceReady", pid=self._proc.pid, connection_id=connection_id,
+                    generation=self.generation)
+        self._supervisor.tell(ChildReady(self.generation, time.monotonic()))
+        self._deps.tasks.tell(InstanceRoute(self.instance_id, self.task_id, routing_id,
+                                            self.config.max_concurrency, InstanceState.READY))
+
+    def _connection_lost(self, connection_id: str, reason: str) -> None:
+        if connection_id != self._connection_id:
+            return  # an older connection we already replaced
+        self._connection_id = self._session_id = None
+        self._unroute()
+        if self._stopping or self._proc is None or self._proc.returncode is not None:
+            return
+        if reason in UNHEALTHY_REASONS:
+            self._log.warning("connection lost ({}): process presumed hung, killing it", reason)
+            self._set_state(InstanceState.UNHEALTHY)
+            self._kill(reason)
+            return
+        # the client may reconnect (e.g. it closed and will retry): give it startup_timeout
+        self._set_state(InstanceState.CONNECTING)
+        ref = self.actor_ref
+        self._cancel_timer()
+        self._startup_timer = self._deps.scheduler.call_later(
+            self.config.startup_timeout, lambda: safe_tell(ref, StartupTimedOut()))
+
+    def _graceful_stop(self, reason: str) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._cancel_timer()
+        if self._proc is None or self._proc.returncode is not None:
+            self._report_exit(self._proc.returncode if self._proc else None)
+            return
+        self._set_state(InstanceState.STOPPING)
+        self._unroute()
+        self._deps.connection.tell(SendSignal(self.instance_id, "stop", reason))
+        proc, timeout = self._proc, self.config.stop_timeout
+
+        def stopper() -> None:  # SIGNAL stop -> grace -> SIGTERM -> stop_timeout -> SIGKILL
+            if proc.wait(min(STOP_GRACE, timeout)) is None:
+                proc.terminate_tree(timeout)
+            else:
+                proc.kill_tree()  # descendants it may have left behind
+
+        threading.Thread(target=stopper, name=f"stop-{self.instance_id}", daemon=True).start()
+
+    def _kill(self, reason: str) -> None:
+        if self._exit_reason is None:
+            self._exit_reason = reason
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            threading.Thread(target=proc.kill_tree, name=f"kill-{self.instance_id}",
+                             daemon=True).start()
+
+    def _report_exit(self, exit_code: int | None) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        self._cancel_timer()
+        self._unroute()
+        deps = self._deps
+        safe_tell(deps.connection, ForgetInstance(self.instance_id, self.generation, "exited"))
+        safe_tell(deps.monitor, TrackProcess(self.instance_id, None))
+        if self._stopping:
+            reason, abnormal = "stopped", False
+        elif self._exit_reason is not None:
+            reason, abnormal = self._exit_reason, True
+        else:
+            reason = f"exited with code {exit_code}"
+            abnormal = exit_code != 0
+        self._event("InstanceExited", exit_code=exit_code, reason=reason,
+                    pid=self._proc.pid if self._proc else None, generation=self.generation)
+        self._log.info("process ended: {}", reason)
+        self._supervisor.tell(ChildExited(self.generation, exit_code, reason, abnormal))
+        self.actor_ref.stop(block=False)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def info(self) -> InstanceInfo:
+        proc = self._proc
+        return InstanceInfo(
+            id=self.instance_id, task_id=self.task_id, state=self.state,
+            pid=proc.pid if proc is not None and proc.returncode is None else None,
+            restarts=self.restarts, connection_id=self._connection_id,
+            session_id=self._session_id, started_at=self._started_at,
+            last_exit_code=proc.returncode if proc is not None else None,
+            last_error=self._exit_reason)
+
+    def _set_state(self, state: InstanceState) -> None:
+        self.state = state
+        safe_tell(self._deps.runtime, InstanceUpdated(self.info()))
+
+    def _unroute(self) -> None:
+        safe_tell(self._deps.tasks, InstanceRoute(self.instance_id, self.task_id, None,
+                                                  self.config.max_concurrency, self.state))
+
+    def _cancel_timer(self) -> None:
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
+            self._startup_timer = None
+
+    def _event(self, kind: str, **data: Any) -> None:
+        safe_tell(self._deps.monitor, RecordEvent(kind, {"instance_id": self.instance_id,
+                                                         "task_id": self.task_id, **data},
+                                                  time.time()))

@@ -1,0 +1,144 @@
+"""MonitorActor (the seed's MonitoringService): events ring, metrics, psutil sampling.
+
+Runs in its own Pykka thread; every other actor ``tell``s it what happened, in batches where
+traffic is heavy. Memory stays bounded: the event ring, histograms and counters are fixed
+size, and per-instance samples are dropped when an instance stops being tracked.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psutil
+import pykka
+
+from .._log import logger
+from ..config import MonitoringConfig
+from ..messages import (
+    ConnectionCounts,
+    CountMetric,
+    GetEvents,
+    GetMetrics,
+    RecordEvent,
+    RecordLatencies,
+    RecordMessages,
+    SampleProcesses,
+    TrackProcess,
+)
+from ..metrics import MetricsRegistry
+from ..scheduler import Scheduler, TimerHandle
+
+__all__ = ["MESSAGE_EVENTS", "MonitorActor"]
+
+MESSAGE_EVENTS = frozenset({"MessageReceived", "MessageSent"})
+CONNECTION_EVENTS = frozenset({"Connected", "Authenticated", "AuthenticationFailed",
+                               "Disconnected", "HeartbeatTimeout"})
+
+
+class MonitorActor(pykka.ThreadingActor):
+    """Owns a :class:`MetricsRegistry`; answers GetMetrics/GetEvents asks."""
+
+    def __init__(self, config: MonitoringConfig, scheduler: Scheduler) -> None:
+        super().__init__()
+        self.config = config
+        self._scheduler = scheduler
+        self._metrics = MetricsRegistry(event_capacity=config.metrics_buffer_size)
+        self._processes: dict[str, psutil.Process] = {}
+        self._sampler: TimerHandle | None = None
+        self._log = logger.bind(actor="monitor")
+
+    def on_start(self) -> None:
+        if self.config.enabled and self.config.enable_performance_tracking:
+            ref = self.actor_ref
+            self._sampler = self._scheduler.call_every(
+                self.config.collection_interval, lambda: ref.tell(SampleProcesses()))
+
+    def on_stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+
+    def on_receive(self, message: Any) -> Any:
+        enabled = self.config.enabled
+        match message:
+            case RecordEvent(kind, data, at):
+                if enabled and self._wanted(kind):
+                    self._metrics.record_event(kind, data, at)
+                if kind == "InstanceRestarting":
+                    self._metrics.restart()
+                elif kind == "AuthenticationFailed":
+                    self._metrics.auth_failed()
+            case RecordMessages(stats, at):
+                if enabled:
+                    self._record_messages(stats, at)
+            case RecordLatencies(seconds, at):
+                if enabled:
+                    self._metrics.record_execute_latencies(seconds, at)
+            case CountMetric(name, n):
+                self._metrics.count(name, n)
+            case ConnectionCounts(active, pending, opened, closed, _failures, errors):
+                self._metrics.set_connection_counts(active, pending)
+                self._metrics.connections_opened += opened
+                self._metrics.connections_closed += closed
+                for code, n in errors.items():
+                    self._metrics.error(code, n)
+            case TrackProcess(instance_id, pid):
+                self._track(instance_id, pid)
+            case SampleProcesses():
+                self._sample()
+            case GetMetrics():
+                return self._metrics.snapshot(time.time())
+            case GetEvents(limit, kinds, since_seq):
+                return self._metrics.events.recent(limit, kinds, since_seq)
+            case _:
+                self._log.warning("unexpected message {!r}", type(message).__name__)
+        return None
+
+    def _wanted(self, kind: str) -> bool:
+        if kind in MESSAGE_EVENTS:
+            return self.config.enable_message_tracking
+        if kind in CONNECTION_EVENTS:
+            return self.config.enable_connection_tracking
+        return True
+
+    def _record_messages(self, stats: Any, at: float) -> None:
+        n_in = n_out = 0
+        for type_name, direction, size, n in stats:
+            self._metrics.messages.record(type_name, direction, size, n)
+            if direction == "in":
+                n_in += n
+            else:
+                n_out += n
+        self._metrics.messages_in.add(n_in, at)
+        self._metrics.messages_out.add(n_out, at)
+        if self.config.enable_message_tracking:
+            # message events are recorded per batch, not per message (bounded ring)
+            if n_in:
+                self._metrics.record_event("MessageReceived", {"count": n_in}, at)
+            if n_out:
+                self._metrics.record_event("MessageSent", {"count": n_out}, at)
+
+    def _track(self, instance_id: str, pid: int | None) -> None:
+        self._processes.pop(instance_id, None)
+        self._metrics.remove_instance(instance_id)
+        if pid is None:
+            return
+        try:
+            proc = psutil.Process(pid)
+            proc.cpu_percent(None)  # prime the counter
+            self._processes[instance_id] = proc
+        except psutil.Error:
+            pass
+
+    def _sample(self) -> None:
+        now = time.time()
+        for instance_id, proc in list(self._processes.items()):
+            try:
+                with proc.oneshot():
+                    cpu = proc.cpu_percent(None)
+                    rss = proc.memory_info().rss
+                    fds = proc.num_fds()
+            except psutil.Error:
+                self._processes.pop(instance_id, None)
+                continue
+            self._metrics.sample_instance(instance_id, cpu, rss, fds, now)

@@ -1,0 +1,396 @@
+"""TaskExecutionManager: routes execute requests to instances and correlates the answers.
+
+Runs in its own Pykka thread and owns all request state. Caller threads hand submissions
+over through a :class:`SubmissionQueue` (a deque plus one coalesced wake-up ``tell``, so a
+burst of submits costs one actor message); frames go straight to the router pump's outbound
+queue, and answers come back from the ConnectionActor in one message per inbound batch.
+
+Routing: among the task's connected instances, least outstanding requests first, never more
+than an instance's ``max_concurrency``; otherwise a bounded queue per target. Every request
+ends exactly once: its answer, ExecutionError, TimeoutError, NoInstanceAvailable or
+InstanceFailed (or a retry elsewhere when the call was marked idempotent with ``retries``).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from .._log import logger
+from ..errors import ExecutionError, InstanceFailed, NoInstanceAvailable, TimeoutError
+from ..messages import (
+    CheckDeadlines,
+    CountMetric,
+    DrainSubmissions,
+    ExecuteResponses,
+    InstanceRoute,
+    RecordLatencies,
+    RecordMessages,
+    Submission,
+)
+from ..protocol.codec import pack_execute_request
+from ..records import InstanceState
+
+__all__ = ["SubmissionQueue", "TaskExecutionManager"]
+
+Sender = Callable[[list[tuple[bytes, bytes]]], None]
+DEFAULT_MAX_QUEUE = 100_000
+DEFAULT_MAX_WAIT = 30.0  # a queued request without its own timeout waits at most this long
+
+
+class SubmissionQueue:
+    """Hand-off from caller threads to the manager: thread-safe, one wake-up per burst."""
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Submission] = collections.deque()
+        self._woken = False
+        self.actor: pykka.ActorRef[Any] | None = None
+
+    def put(self, item: Submission) -> None:
+        self._items.append(item)
+        if not self._woken:
+            self._woken = True
+            actor = self.actor
+            if actor is not None:
+                try:
+                    actor.tell(DrainSubmissions())
+                except pykka.ActorDeadError:
+                    self._fail_all("the system is shut down")
+
+    def take_all(self) -> list[Submission]:
+        self._woken = False  # reset before draining: a put racing us wakes us again
+        items = []
+        pop = self._items.popleft
+        while self._items:
+            items.append(pop())
+        return items
+
+    def _fail_all(self, why: str) -> None:
+        for item in self.take_all():
+            _fail(item.future, NoInstanceAvailable(why))
+
+
+def _resolve(future: Future[bytes], data: bytes) -> None:
+    try:
+        future.set_result(data)
+    except InvalidStateError:  # cancelled by the caller
+        pass
+
+
+def _fail(future: Future[bytes], error: BaseException) -> None:
+    try:
+        future.set_exception(error)
+    except InvalidStateError:
+        pass
+
+
+@dataclass(slots=True, eq=False)
+class _Request:
+    submission: Submission
+    deadline: float | None  # monotonic
+    retries_left: int
+    instance_id: str | None = None
+    routing_id: bytes | None = None
+    sent_at: float = 0.0
+
+
+@dataclass(slots=True, eq=False)
+class _Instance:
+    instance_id: str
+    task_id: str
+    max_concurrency: int
+    routing_id: bytes | None = None
+    state: InstanceState = InstanceState.CREATING
+    in_flight: dict[int, _Request] = field(default_factory=dict)
+
+    @property
+    def free(self) -> int:
+        return self.max_concurrency - len(self.in_flight) if self.routing_id else 0
+
+
+class TaskExecutionManager(pykka.ThreadingActor):
+    """Owns routing tables, queues and outstanding requests; see the module docstring."""
+
+    def __init__(self, intake: SubmissionQueue, monitor: pykka.ActorRef[Any], *,
+                 max_queue: int = DEFAULT_MAX_QUEUE, max_wait: float = DEFAULT_MAX_WAIT
+                 ) -> None:
+        super().__init__()
+        self._intake = intake
+        self._monitor = monitor
+        self._sender: Sender | None = None
+        self.max_queue = max_queue
+        self.max_wait = max_wait
+        self._instances: dict[str, _Instance] = {}
+        self._tasks: dict[str, list[_Instance]] = {}
+        self._queues: dict[str, collections.deque[_Request]] = {}
+        self._pending: dict[int, _Request] = {}
+        self._ids = itertools.count(1)
+        self._frames: list[tuple[bytes, bytes]] = []
+        self._latencies: list[float] = []
+        self._out_bytes = 0
+        self._closed = False
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._log = logger.bind(actor="tasks")
+
+    def on_start(self) -> None:
+        self._intake.actor = self.actor_ref
+
+    def on_stop(self) -> None:
+        self._shutdown("the system is shutting down")
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case DrainSubmissions():
+                now = time.monotonic()
+                for item in self._intake.take_all():
+                    self._admit(item, now)
+                self._flush()
+            case ExecuteResponses(responses, at):
+                self._answers(responses, at)
+                self._flush()
+            case InstanceRoute(instance_id, task_id, routing_id, max_concurrency, state):
+                self._route(instance_id, task_id, routing_id, max_concurrency, state)
+                self._flush()
+            case CheckDeadlines():
+                self._expire(time.monotonic())
+                self._flush()
+            case ("sender", sender):
+                self._sender = sender
+            case "stats":
+                return self._stats()
+            case "shutdown":
+                self._shutdown("the system is shutting down")
+            case _:
+                self._log.warning("unexpected message {!r}", type(message).__name__)
+        return None
+
+    # -- admission and dispatch ----------------------------------------------------------------
+    def _admit(self, item: Submission, now: float) -> None:
+        if self._closed:
+            _fail(item.future, NoInstanceAvailable("the system is shutting down"))
+            return
+        if item.future.cancelled():
+            return
+        target = item.target
+        if target not in self._instances and target not in self._tasks:
+            _fail(item.future, NoInstanceAvailable(f"no task or instance named {target!r}"))
+            return
+        timeout = item.timeout
+        deadline = now + timeout if timeout is not None else None
+        request = _Request(item, deadline, max(0, item.retries))
+        if not self._dispatch(request, now):
+            self._enqueue(request)
+
+    def _candidates(self, target: str) -> list[_Instance]:
+        inst = self._instances.get(target)
+        return [inst] if inst is not None else self._tasks.get(target, [])
+
+    def _dispatch(self, request: _Request, now: float) -> bool:
+        best: _Instance | None = None
+        for inst in self._candidates(request.submission.target):
+            free = inst.free
+            if free > 0 and (best is None or free > best.free):
+                best = inst
+        if best is None:
+            return False
+        self._send(request, best, now)
+        return True
+
+    def _send(self, request: _Request, inst: _Instance, now: float) -> None:
+        request_id = next(self._ids)
+        sub = request.submission
+        wall_deadline = (time.time() + (request.deadline - now)
+                         if request.deadline is not None else None)
+        body = pack_execute_request(request_id, sub.method, sub.data, wall_deadline,
+                                    time.time())
+        assert inst.routing_id is not None
+        request.instance_id = inst.instance_id
+        request.routing_id = inst.routing_id
+        request.sent_at = now
+        inst.in_flight[request_id] = request
+        self._pending[request_id] = request
+        self._frames.append((inst.routing_id, body))
+        self._out_bytes += len(body)
+
+    def _enqueue(self, request: _Request) -> None:
+        queue = self._queues.setdefault(request.submission.target, collections.deque())
+        if len(queue) >= self.max_queue:
+            self.counters["queue_full"] += 1
+            _fail(request.submission.future, NoInstanceAvailable(
+                f"queue for {request.submission.target!r} is full ({self.max_queue} waiting)"))
+            return
+        if request.deadline is None:  # waiting for an instance is always bounded
+            request.deadline = time.monotonic() + self.max_wait
+        queue.append(request)
+
+    def _drain_queues(self, now: float) -> None:
+        for target, queue in list(self._queues.items()):
+            while queue:
+                request = queue[0]
+                if request.submission.future.cancelled():
+                    queue.popleft()
+                    continue
+                if not self._dispatch(request, now):
+                    break
+                queue.popleft()
+            if not queue:
+                del self._queues[target]
+
+    def _flush(self) -> None:
+        if self._frames:
+            frames, self._frames = self._frames, []
+            if self._sender is not None:
+                self._sender(frames)
+            self._monitor.tell(RecordMessages(
+                [("EXECUTE_REQUEST", "out", self._out_bytes, len(frames))], time.time()))
+            self._out_bytes = 0
+        if self._latencies:
+            self._monitor.tell(RecordLatencies(self._latencies, time.time()))
+            self._latencies = []
+
+    # -- answers -------------------------------------------------------------------------------
+    def _answers(self, responses: Sequence[tuple[str, bytes, int, bool, bytes, str | None]],
+                 at: float) -> None:
+        pending = self._pending
+        latencies = self._latencies
+        for instance_id, routing_id, request_id, ok, data, error in responses:
+            request = pending.get(request_id)
+            if request is None:
+                self.counters["late_replies_dropped"] += 1
+                continue
+            if request.routing_id != routing_id:
+                # an instance answering a request it was not given: drop, count, keep waiting
+                self.counters["foreign_replies_dropped"] += 1
+                self._monitor.tell(CountMetric("foreign_replies_dropped"))
+                continue
+            del pending[request_id]
+            inst = self._instances.get(request.instance_id or "")
+            if inst is not None:
+                inst.in_flight.pop(request_id, None)
+            latencies.append(at - request.sent_at)
+            if ok:
+                _resolve(request.submission.future, data)
+            elif error is not None and error.startswith("could not send the request"):
+                self._lost(request, error, at)
+            else:
+                _fail(request.submission.future,
+                      ExecutionError(error or "the handler failed", instance_id))
+        if self._queues:
+            self._drain_queues(at)
+
+    # -- instances coming and going ------------------------------------------------------------
+    def _route(self, instance_id: str, task_id: str, routing_id: bytes | None,
+               max_concurrency: int, state: InstanceState) -> None:
+        inst = self._instances.get(instance_id)
+        if inst is None:
+            if state.is_final:
+                return
+            inst = self._instances[instance_id] = _Instance(instance_id, task_id,
+                                                            max_concurrency)
+            self._tasks.setdefault(task_id, []).append(inst)
+        inst.state = state
+        inst.max_concurrency = max_concurrency
+        if routing_id != inst.routing_id and inst.in_flight:
+            # the connection it was answering on is gone: those requests are lost
+            lost = list(inst.in_flight.items())
+            inst.in_flight.clear()
+            for request_id, _ in lost:
+                self._pending.pop(request_id, None)
+            for _, request in lost:
+                self._lost(request, f"instance {instance_id} lost ({state.value})",
+                           time.monotonic())
+        inst.routing_id = routing_id if state.is_serving else None
+        if state.is_final:
+            del self._instances[instance_id]
+            siblings = self._tasks.get(task_id, [])
+            if inst in siblings:
+                siblings.remove(inst)
+            if not siblings:
+                self._tasks.pop(task_id, None)
+            self._fail_unroutable(f"instance {instance_id} is {state.value}")
+        self._drain_queues(time.monotonic())
+
+    def _lost(self, request: _Request, why: str, now: float) -> None:
+        """The request's instance is gone: retry it if allowed, else fail it."""
+        request.instance_id = request.routing_id = None
+        if request.retries_left > 0 and not self._closed:
+            request.retries_left -= 1
+            self.counters["retried"] += 1
+            if not self._dispatch(request, now):
+                self._enqueue(request)
+            return
+        _fail(request.submission.future, InstanceFailed(why))
+
+    def _fail_unroutable(self, why: str) -> None:
+        for target in list(self._queues):
+            if target not in self._instances and target not in self._tasks:
+                for request in self._queues.pop(target):
+                    _fail(request.submission.future, NoInstanceAvailable(why))
+
+    # -- deadlines -----------------------------------------------------------------------------
+    def _expire(self, now: float) -> None:
+        expired = [(rid, r) for rid, r in self._pending.items()
+                   if r.deadline is not None and r.deadline <= now]
+        for request_id, request in expired:
+            del self._pending[request_id]
+            inst = self._instances.get(request.instance_id or "")
+            if inst is not None:
+                inst.in_flight.pop(request_id, None)
+            self.counters["timeouts"] += 1
+            _fail(request.submission.future, TimeoutError(
+                f"no answer from {request.instance_id} within "
+                f"{request.submission.timeout or self.max_wait:g} s"))
+        for target, queue in list(self._queues.items()):
+            if any(r.deadline is not None and r.deadline <= now for r in queue):
+                keep: collections.deque[_Request] = collections.deque()
+                for request in queue:
+                    if request.deadline is not None and request.deadline <= now:
+                        self.counters["timeouts"] += 1
+                        _fail(request.submission.future, (
+                            TimeoutError if request.submission.timeout is not None
+                            else NoInstanceAvailable)(
+                            f"no instance of {target!r} became available in time"))
+                    else:
+                        keep.append(request)
+                self._queues[target] = keep
+        if expired:
+            self._drain_queues(now)
+
+    def _shutdown(self, why: str) -> None:
+        self._closed = True
+        for request in self._pending.values():
+            _fail(request.submission.future, InstanceFailed(why))
+        self._pending.clear()
+        for queue in self._queues.values():
+            for request in queue:
+                _fail(request.submission.future, NoInstanceAvailable(why))
+        self._queues.clear()
+        for item in self._intake.take_all():
+            _fail(item.future, NoInstanceAvailable(why))
+
+    def _stats(self) -> dict[str, Any]:
+        return {"pending": len(self._pending),
+                "queued": sum(len(q) for q in self._queues.values()),
+                "instances": {i.instance_id: {"in_flight": len(i.in_flight),
+                                              "connected": i.routing_id is not None,
+                                              "state": i.state.value}
+                              for i in self._instances.values()},
+                **dict(self.counters)}
+
+
+def start_deadline_checks(scheduler: Any, ref: pykka.ActorRef[Any],
+                          interval: float = 0.05) -> Any:
+    """Tick the manager's deadline check from the shared scheduler."""
+    def tick() -> None:
+        try:
+            ref.tell(CheckDeadlines())
+        except pykka.ActorDeadError:
+            pass
+    return scheduler.call_every(interval, tick)

@@ -1,0 +1,101 @@
+"""SupervisionTree: the live supervision tree as data and as a drawing for the REPL.
+
+Built in the caller's thread from snapshots the actors return; holds no references to them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .records import InstanceInfo
+
+__all__ = ["SupervisionTree"]
+
+
+def _uptime(started_at: float | None, now: float) -> str:
+    if started_at is None:
+        return "-"
+    seconds = max(0.0, now - started_at)
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _alive(flag: bool) -> str:
+    return "alive" if flag else "dead"
+
+
+@dataclass(frozen=True)
+class SupervisionTree:
+    """``repr()`` draws the tree; :meth:`to_dict` gives the same as plain data."""
+
+    endpoint: str | None
+    services: dict[str, bool]
+    instances: list[dict[str, Any]]
+    taken_at: float
+    tasks: dict[str, Any]
+
+    @classmethod
+    def from_snapshots(cls, runtime: dict[str, Any], tasks: dict[str, Any] | None
+                       ) -> SupervisionTree:
+        return cls(endpoint=runtime.get("endpoint"), services=dict(runtime["services"]),
+                   instances=list(runtime["instances"]), taken_at=time.time(),
+                   tasks=dict(tasks or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        in_flight = self.tasks.get("instances", {})
+        nodes = []
+        for node in self.instances:
+            info: InstanceInfo = node["info"]
+            nodes.append({
+                "instance_id": info.id, "task_id": info.task_id,
+                "supervisor": {"alive": node["supervisor_alive"],
+                               "restart_policy": node["restart_policy"]},
+                "state": info.state.value, "pid": info.pid, "restarts": info.restarts,
+                "max_restarts": node["restart_policy"]["max_restarts"],
+                "connection_id": info.connection_id, "session_id": info.session_id,
+                "started_at": info.started_at, "last_exit_code": info.last_exit_code,
+                "last_error": info.last_error,
+                "in_flight": in_flight.get(info.id, {}).get("in_flight", 0)})
+        return {"endpoint": self.endpoint, "taken_at": self.taken_at,
+                "runtime": {"alive": True, "services": dict(self.services)},
+                "tasks": {"pending": self.tasks.get("pending", 0),
+                          "queued": self.tasks.get("queued", 0)},
+                "instances": nodes}
+
+    def __repr__(self) -> str:
+        data = self.to_dict()
+        lines = [f"SpearSystem {self.endpoint or ''}".rstrip(), "└── RuntimeActor [alive]"]
+        services = list(self.services.items())
+        entries: list[tuple[str, list[str]]] = []
+        for name, alive in services:
+            extra = ""
+            if name == "TaskExecutionManager":
+                extra = f"  {data['tasks']['pending']} in flight, {data['tasks']['queued']} queued"
+            entries.append((f"{name} [{_alive(alive)}]{extra}", []))
+        for node in data["instances"]:
+            policy = node["supervisor"]["restart_policy"]
+            head = (f"SupervisorActor[{node['instance_id']}] "
+                    f"[{_alive(node['supervisor']['alive'])}] {policy['mode']}, "
+                    f"restarts {node['restarts']}/{node['max_restarts']}")
+            child = (f"InstanceActor[{node['instance_id']}] {node['state'].upper()}"
+                     f" pid {node['pid'] if node['pid'] is not None else '-'}"
+                     f" {node['connection_id'] or 'no connection'}"
+                     f" up {_uptime(node['started_at'], self.taken_at)}")
+            if node["in_flight"]:
+                child += f" ({node['in_flight']} in flight)"
+            if node["last_error"] and node["state"] in ("failed", "restarting", "unhealthy"):
+                child += f" — {node['last_error']}"
+            entries.append((head, [child]))
+        for i, (head, children) in enumerate(entries):
+            last = i == len(entries) - 1
+            lines.append(f"    {'└──' if last else '├──'} {head}")
+            for child in children:
+                lines.append(f"    {'    ' if last else '│   '}└── {child}")
+        return "\n".join(lines)
+
+    __str__ = __repr__

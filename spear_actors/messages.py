@@ -1,0 +1,351 @@
+"""Typed messages the actors exchange (frozen dataclasses, dispatched with ``match``).
+
+Grouped by the actor that receives them. Replies to ``ask`` are noted per message; every
+other message is a ``tell``. Messages carry ids, values and ActorRefs, never actor objects.
+Secrets travel only in :class:`ExpectInstance` and are excluded from its repr.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import InstanceConfig, ResourceLimits
+from .records import InstanceInfo, InstanceState
+from .transport.router import Inbound
+
+ActorRef = Any  # pykka.ActorRef[Any]; kept loose so this module imports no pykka
+
+
+# -- RuntimeActor ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CreateInstance:
+    """ask -> instance id (str); raises SpawnError / InsufficientResources / ConfigError."""
+
+    task_id: str
+    config: InstanceConfig
+    limits: ResourceLimits
+
+
+@dataclass(frozen=True)
+class GetSupervisor:
+    """ask -> the instance's SupervisorActor ref, or None."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True)
+class ListInstances:
+    """ask -> list[InstanceInfo] in start order."""
+
+    task_id: str | None = None
+
+
+@dataclass(frozen=True)
+class InstanceUpdated:
+    """An instance's state changed (from its InstanceActor or SupervisorActor)."""
+
+    info: InstanceInfo
+
+
+@dataclass(frozen=True)
+class WatchState:
+    """ask -> None; ``event`` is set once the instance is in one of ``states`` (at once if it
+    already is) or final (STOPPED/FAILED) or unknown."""
+
+    instance_id: str
+    states: frozenset[InstanceState]
+    event: threading.Event
+
+
+@dataclass(frozen=True)
+class SupervisorDone:
+    """A supervisor has stopped for good (its instance STOPPED or FAILED)."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True)
+class DescribeTree:
+    """ask -> dict: the supervision tree as data."""
+
+
+@dataclass(frozen=True)
+class ShutdownRuntime:
+    """ask -> None: stop every instance subtree in reverse start order."""
+
+    timeout: float
+
+
+# -- SupervisorActor -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ChildExited:
+    generation: int
+    exit_code: int | None
+    reason: str
+    abnormal: bool
+
+
+@dataclass(frozen=True)
+class ChildCrashed:
+    """The InstanceActor died of an exception (sent from its ``on_failure``)."""
+
+    generation: int
+    error: str
+
+
+@dataclass(frozen=True)
+class ChildReady:
+    generation: int
+    at: float
+
+
+@dataclass(frozen=True)
+class RestartDue:
+    generation: int
+
+
+@dataclass(frozen=True)
+class StopSupervised:
+    """ask -> Future[InstanceInfo] resolved once the instance is STOPPED (operator stop)."""
+
+    reason: str = "operator"
+
+
+@dataclass(frozen=True)
+class RestartSupervised:
+    """Operator restart: replace the process now, not counted as a failure."""
+
+    reason: str = "operator"
+
+
+@dataclass(frozen=True)
+class DescribeSupervisor:
+    """ask -> dict for the tree."""
+
+
+# -- InstanceActor -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProcessExited:
+    pid: int
+    exit_code: int | None
+
+
+@dataclass(frozen=True)
+class ConnectionAuthenticated:
+    connection_id: str
+    session_id: str
+    routing_id: bytes
+
+
+@dataclass(frozen=True)
+class ConnectionLost:
+    connection_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StartupTimedOut:
+    pass
+
+
+@dataclass(frozen=True)
+class StopProcess:
+    """Graceful stop: SIGNAL stop, SIGTERM, stop_timeout, SIGKILL."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class KillProcess:
+    """Kill the whole process tree now (hung or replaced instance)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Crash:
+    """Test hook: make the InstanceActor raise (exercises supervision of actor failure)."""
+
+    message: str = "crash requested"
+
+
+@dataclass(frozen=True)
+class DescribeInstance:
+    """ask -> InstanceInfo."""
+
+
+# -- ConnectionActor -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StartListening:
+    """ask -> endpoint (str); raises TransportError / ConfigError."""
+
+
+@dataclass(frozen=True)
+class ExpectInstance:
+    instance_id: str
+    secret: str = field(repr=False)
+    instance_ref: ActorRef = field(compare=False)
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class ForgetInstance:
+    instance_id: str
+    generation: int
+    reason: str = "forgotten"
+
+
+@dataclass(frozen=True)
+class InboundBatch:
+    frames: list[Inbound]
+
+
+@dataclass(frozen=True)
+class ConnectionTick:
+    now: float
+
+
+@dataclass(frozen=True)
+class SendSignal:
+    instance_id: str
+    signal: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CloseConnection:
+    instance_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ListConnections:
+    """ask -> list[ConnectionState]."""
+
+
+@dataclass(frozen=True)
+class SendFailed:
+    routing_id: bytes
+    body: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class StopListening:
+    """ask -> None: close every connection and stop the pump."""
+
+
+# -- MonitorActor --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecordEvent:
+    kind: str
+    data: Mapping[str, Any]
+    time: float
+
+
+@dataclass(frozen=True)
+class RecordMessages:
+    """(type name, direction, total bytes, count) tuples for one batch."""
+
+    stats: Sequence[tuple[str, str, int, int]]
+    time: float
+
+
+@dataclass(frozen=True)
+class RecordLatencies:
+    seconds: Sequence[float]
+    time: float
+
+
+@dataclass(frozen=True)
+class CountMetric:
+    name: str
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class ConnectionCounts:
+    active: int
+    pending: int
+    opened: int = 0
+    closed: int = 0
+    auth_failures: int = 0
+    errors: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrackProcess:
+    instance_id: str
+    pid: int | None
+
+
+@dataclass(frozen=True)
+class SampleProcesses:
+    pass
+
+
+@dataclass(frozen=True)
+class GetMetrics:
+    """ask -> nested dict."""
+
+
+@dataclass(frozen=True)
+class GetEvents:
+    """ask -> list[Event]."""
+
+    limit: int | None = 100
+    kinds: frozenset[str] | None = None
+    since_seq: int | None = None
+
+
+# -- TaskExecutionManager -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InstanceRoute:
+    """Where an instance can be reached (routing id None: not connected)."""
+
+    instance_id: str
+    task_id: str
+    routing_id: bytes | None
+    max_concurrency: int
+    state: InstanceState
+
+
+@dataclass(frozen=True)
+class ExecuteResponses:
+    """(instance_id, routing_id, request_id, ok, data, error) tuples from the wire."""
+
+    responses: Sequence[tuple[str, bytes, int, bool, bytes, str | None]]
+    time: float
+
+
+@dataclass(frozen=True)
+class DrainSubmissions:
+    """Wake-up: new submissions are waiting in the manager's queue."""
+
+
+@dataclass(frozen=True)
+class CheckDeadlines:
+    pass
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One execute call waiting for an instance (not a message by itself: queued in bulk)."""
+
+    target: str
+    method: str
+    data: bytes
+    timeout: float | None
+    retries: int
+    future: Future[bytes]
+    submitted_at: float

@@ -1,0 +1,301 @@
+"""SpearSystem: the facade people use from scripts and the REPL (DESIGN.md section 3).
+
+Every method runs in the caller's thread and talks to the actors with bounded ``ask``s (or,
+for ``submit``, through the TaskExecutionManager's submission queue). Leaving the ``with``
+block stops every instance (gracefully, then SIGKILL) and every actor and thread.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import pykka
+
+from ._log import logger
+from .actors.connection import ConnectionActor
+from .actors.deps import Deps, ListenerInfo
+from .actors.monitor import MonitorActor
+from .actors.runtime import RuntimeActor
+from .actors.tasks import SubmissionQueue, TaskExecutionManager, start_deadline_checks
+from .config import InstanceConfig, ResourceLimits, SystemConfig
+from .errors import ConfigError, InstanceFailed, SpearError, TimeoutError
+from .inspect import SupervisionTree
+from .messages import (
+    Crash,
+    CreateInstance,
+    DescribeTree,
+    GetEvents,
+    GetMetrics,
+    GetSupervisor,
+    ListConnections,
+    ListInstances,
+    RestartSupervised,
+    StartListening,
+    StopListening,
+    StopSupervised,
+    Submission,
+    WatchState,
+)
+from .process import ProcessWatcher
+from .records import ConnectionState, Event, InstanceInfo, InstanceState
+from .scheduler import Scheduler
+
+__all__ = ["SpearSystem"]
+
+ASK_TIMEOUT = 10.0
+DEFAULT_EXECUTE_TIMEOUT = 60.0
+
+
+class SpearSystem:
+    """A running spearlet. Create it with :meth:`start`; use it as a context manager."""
+
+    def __init__(self, config: SystemConfig, *, _token: object = None) -> None:
+        if _token is not _START:
+            raise TypeError("use SpearSystem.start(config)")
+        self.config = config
+        self._lock = threading.Lock()
+        self._closed = False
+        self._owns_work_dir = config.work_dir is None
+        self.work_dir = config.work_dir or tempfile.mkdtemp(prefix="spear-work-")
+        self._scheduler = Scheduler()
+        self._watcher = ProcessWatcher()
+        self._intake = SubmissionQueue()
+        self._refs: list[pykka.ActorRef[Any]] = []
+        self._deadline_timer: Any = None
+        self._deps: Deps | None = None
+        self.endpoint = ""
+        self.port: int | None = None
+
+    # -- start and stop ------------------------------------------------------------------------
+    @classmethod
+    def start(cls, config: SystemConfig | None = None) -> SpearSystem:
+        """Start the actors and the listener. Raises TransportError/ConfigError if the
+        listener cannot be bound (nothing is left running then)."""
+        system = cls(config or SystemConfig(), _token=_START)
+        try:
+            system._boot()
+        except BaseException:
+            system.shutdown(timeout=5)
+            raise
+        return system
+
+    def _boot(self) -> None:
+        cfg = self.config
+        monitor = MonitorActor.start(cfg.monitoring, self._scheduler)
+        self._refs.append(monitor)
+        tasks = TaskExecutionManager.start(self._intake, monitor)
+        self._refs.append(tasks)
+        connection = ConnectionActor.start(cfg.connection, monitor, tasks)
+        self._refs.append(connection)
+        listening: dict[str, Any] = self._ask(connection, StartListening())
+        self.endpoint, self.port = listening["endpoint"], listening["port"]
+        tasks.tell(("sender", listening["sender"]))
+        runtime = RuntimeActor.start(cfg, self.work_dir)
+        self._refs.append(runtime)
+        self._deps = Deps(runtime=runtime, connection=connection, monitor=monitor,
+                          tasks=tasks, scheduler=self._scheduler, watcher=self._watcher,
+                          listener=ListenerInfo(self.endpoint, self.port,
+                                                listening["transport"]))
+        runtime.tell(self._deps)
+        self._deadline_timer = start_deadline_checks(self._scheduler, tasks)
+        logger.info("spear system up on {}", self.endpoint)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop every instance (reverse start order), then every actor and thread.
+        Idempotent; in-flight requests end with an error, never silence."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        deadline = time.monotonic() + timeout
+        deps = self._deps
+        if deps is not None and deps.runtime.is_alive():
+            self._stop_all_instances(deps, deadline)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+        if deps is not None:
+            for ref in deps.children.snapshot():  # anything that did not stop by itself
+                ref.stop(block=False)
+            for ref in deps.children.snapshot():
+                ref.stop(timeout=max(0.1, deadline - time.monotonic()))
+        for ref in reversed(self._refs):
+            try:
+                if isinstance(ref.actor_class, type) and \
+                        issubclass(ref.actor_class, ConnectionActor):
+                    ref.ask(StopListening(), timeout=ASK_TIMEOUT)
+                ref.stop(timeout=ASK_TIMEOUT)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                pass
+        self._watcher.stop()
+        self._scheduler.stop()
+        if self._owns_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        logger.info("spear system down")
+
+    def _stop_all_instances(self, deps: Deps, deadline: float) -> None:
+        infos: list[InstanceInfo] = self._ask(deps.runtime, ListInstances())
+        futures: list[Future[InstanceInfo]] = []
+        for info in reversed(infos):  # reverse start order
+            sup = self._ask(deps.runtime, GetSupervisor(info.id))
+            if sup is None:
+                continue
+            try:
+                futures.append(self._ask(sup, StopSupervised("shutdown")))
+            except SpearError:
+                continue
+        for future in futures:
+            try:
+                future.result(timeout=max(0.1, deadline - time.monotonic()))
+            except FutureTimeout:
+                logger.warning("an instance did not stop before the shutdown deadline")
+
+    def __enter__(self) -> SpearSystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._closed else "running"
+        return f"<SpearSystem {state} {self.endpoint}>"
+
+    # -- helpers -------------------------------------------------------------------------------
+    @property
+    def deps(self) -> Deps:
+        if self._deps is None or self._closed:
+            raise SpearError("the system is not running")
+        return self._deps
+
+    def _ask(self, ref: pykka.ActorRef[Any], message: Any, timeout: float = ASK_TIMEOUT
+             ) -> Any:
+        try:
+            return ref.ask(message, timeout=timeout)
+        except pykka.Timeout as exc:
+            raise TimeoutError(f"{type(message).__name__} got no answer within "
+                               f"{timeout} s") from exc
+        except pykka.ActorDeadError as exc:
+            raise SpearError("the system is not running") from exc
+
+    def _supervisor(self, instance_id: str) -> pykka.ActorRef[Any]:
+        sup = self._ask(self.deps.runtime, GetSupervisor(instance_id))
+        if sup is None:
+            info = self.instance(instance_id)
+            raise InstanceFailed(f"instance {instance_id} is {info.state.value}", instance_id)
+        return sup  # type: ignore[no-any-return]
+
+    # -- instances -----------------------------------------------------------------------------
+    def create_instance(self, task_id: str, config: InstanceConfig,
+                        limits: ResourceLimits | None = None) -> str:
+        """Admit and launch one instance of ``task_id``; returns its id at once (it becomes
+        READY once it authenticates: see :meth:`wait_ready`)."""
+        if not isinstance(config, InstanceConfig):
+            raise ConfigError("config must be an InstanceConfig")
+        return self._ask(self.deps.runtime,  # type: ignore[no-any-return]
+                         CreateInstance(task_id, config, limits or ResourceLimits()))
+
+    def wait_ready(self, instance_id: str, timeout: float = 10.0) -> InstanceInfo:
+        """Block until the instance is READY; InstanceFailed if it ends up FAILED/STOPPED,
+        TimeoutError after ``timeout``."""
+        return self.wait_state(instance_id, {InstanceState.READY, InstanceState.BUSY}, timeout)
+
+    def wait_state(self, instance_id: str, states: set[InstanceState] | frozenset[
+            InstanceState], timeout: float = 10.0) -> InstanceInfo:
+        event = threading.Event()
+        self._ask(self.deps.runtime, WatchState(instance_id, frozenset(states), event))
+        if not event.wait(timeout):
+            info = self.instance(instance_id)
+            raise TimeoutError(f"instance {instance_id} not {'/'.join(s.name for s in states)}"
+                               f" within {timeout} s (it is {info.state.name})")
+        info = self.instance(instance_id)
+        if info.state not in states:
+            raise InstanceFailed(f"instance {instance_id} is {info.state.name}: "
+                                 f"{info.last_error or 'no error recorded'}", instance_id)
+        return info
+
+    def instance(self, instance_id: str) -> InstanceInfo:
+        for info in self.instances():
+            if info.id == instance_id:
+                return info
+        raise SpearError(f"no instance {instance_id!r}")
+
+    def instances(self, task_id: str | None = None) -> list[InstanceInfo]:
+        return self._ask(self.deps.runtime, ListInstances(task_id))  # type: ignore[no-any-return]
+
+    def stop_instance(self, instance_id: str, timeout: float = 30.0) -> InstanceInfo:
+        """Stop it for good (SIGNAL stop, SIGTERM, stop_timeout, SIGKILL); not a failure."""
+        future: Future[InstanceInfo] = self._ask(self._supervisor(instance_id),
+                                                 StopSupervised("operator"))
+        try:
+            return future.result(timeout)
+        except FutureTimeout as exc:
+            raise TimeoutError(f"instance {instance_id} did not stop in {timeout} s") from exc
+
+    def restart_instance(self, instance_id: str) -> None:
+        """Replace the process now (operator restart: not counted against the policy)."""
+        self._supervisor(instance_id).tell(RestartSupervised("operator"))
+
+    def _crash_instance_actor(self, instance_id: str) -> None:
+        """Test hook: make the instance's actor raise, to exercise supervision."""
+        for ref in self.deps.children.snapshot():
+            actor = getattr(ref, "_actor", None)
+            if actor is not None and type(actor).__name__ == "InstanceActor" and \
+                    getattr(actor, "instance_id", None) == instance_id:
+                ref.tell(Crash())
+
+    # -- work ----------------------------------------------------------------------------------
+    def submit(self, target: str, data: bytes, method: str = "", timeout: float | None = None,
+               retries: int = 0) -> Future[bytes]:
+        """Send ``data`` to an instance of task ``target`` (or the instance ``target``);
+        returns a Future of the answer. ``retries`` > 0 marks the call idempotent: it may be
+        re-sent to another instance if its instance dies."""
+        if self._closed:
+            raise SpearError("the system is not running")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError("data must be bytes")
+        future: Future[bytes] = Future()
+        future.set_running_or_notify_cancel()
+        self._intake.put(Submission(target, method, bytes(data),
+                                    DEFAULT_EXECUTE_TIMEOUT if timeout is None else timeout,
+                                    retries, future, time.monotonic()))
+        return future
+
+    def execute(self, target: str, data: bytes, method: str = "",
+                timeout: float | None = None, retries: int = 0) -> bytes:
+        """:meth:`submit` and wait for the answer (raises what the Future holds)."""
+        future = self.submit(target, data, method, timeout, retries)
+        limit = (DEFAULT_EXECUTE_TIMEOUT if timeout is None else timeout) + 5.0
+        try:
+            return future.result(limit)
+        except FutureTimeout as exc:  # the manager expires requests itself; belt and braces
+            raise TimeoutError(f"no answer from {target} within {limit} s") from exc
+
+    # -- inspection ----------------------------------------------------------------------------
+    def connections(self) -> list[ConnectionState]:
+        return self._ask(self.deps.connection, ListConnections())  # type: ignore[no-any-return]
+
+    def tree(self) -> SupervisionTree:
+        runtime = self._ask(self.deps.runtime, DescribeTree())
+        try:
+            tasks = self._ask(self.deps.tasks, "stats", timeout=2.0)
+        except SpearError:
+            tasks = None
+        return SupervisionTree.from_snapshots(runtime, tasks)
+
+    def metrics(self) -> dict[str, Any]:
+        snapshot: dict[str, Any] = self._ask(self.deps.monitor, GetMetrics())
+        snapshot["tasks"] = self._ask(self.deps.tasks, "stats")
+        return snapshot
+
+    def events(self, limit: int | None = 100, kinds: set[str] | None = None,
+               since_seq: int | None = None) -> list[Event]:
+        return self._ask(self.deps.monitor,  # type: ignore[no-any-return]
+                         GetEvents(limit, frozenset(kinds) if kinds else None, since_seq))
+
+
+_START = object()
