@@ -179,6 +179,10 @@ class InstanceConfig:
     startup_timeout: float = 10.0
     stop_timeout: float = 5.0
     max_concurrency: int = 1
+    """Handler calls the instance runs at once."""
+    prefetch: int = 8
+    """Requests sent ahead beyond ``max_concurrency``; they wait inside the instance, hiding
+    the round trip (like AMQP prefetch). 0 for strict one-at-a-time dispatch."""
 
     def __post_init__(self) -> None:
         if isinstance(self.command, str) or not isinstance(self.command, Sequence):
@@ -195,6 +199,7 @@ class InstanceConfig:
         if not isinstance(self.restart, RestartPolicy):
             raise ConfigError("InstanceConfig.restart must be a RestartPolicy")
         _positive(self, "startup_timeout", "stop_timeout", "max_concurrency")
+        _positive(self, "prefetch", allow_zero=True)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -316,7 +316,8 @@ class InstanceRoute:
     instance_id: str
     task_id: str
     routing_id: bytes | None
-    max_concurrency: int
+    window: int
+    """Requests it may hold at once: max_concurrency + prefetch."""
     state: InstanceState
 
 

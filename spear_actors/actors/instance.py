@@ -71,6 +71,7 @@ class InstanceActor(pykka.ThreadingActor):
         self.restarts = restarts
         self._supervisor = supervisor
         self._deps = deps
+        self._window = config.max_concurrency + config.prefetch
         deps.children.add(self.actor_ref)
         self.state = InstanceState.CREATING
         self._proc: ManagedProcess | None = None
@@ -186,7 +187,7 @@ class InstanceActor(pykka.ThreadingActor):
                     generation=self.generation)
         self._supervisor.tell(ChildReady(self.generation, time.monotonic()))
         self._deps.tasks.tell(InstanceRoute(self.instance_id, self.task_id, routing_id,
-                                            self.config.max_concurrency, InstanceState.READY))
+                                            self._window, InstanceState.READY))
 
     def _connection_lost(self, connection_id: str, reason: str) -> None:
         if connection_id != self._connection_id:
@@ -275,7 +276,7 @@ class InstanceActor(pykka.ThreadingActor):
 
     def _unroute(self) -> None:
         safe_tell(self._deps.tasks, InstanceRoute(self.instance_id, self.task_id, None,
-                                                  self.config.max_concurrency, self.state))
+                                                  self._window, self.state))
 
     def _cancel_timer(self) -> None:
         if self._startup_timer is not None:

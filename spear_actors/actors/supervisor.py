@@ -63,6 +63,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self.argv = argv
         self.cwd = cwd
         self._deps = deps
+        self._window = config.max_concurrency + config.prefetch
         deps.children.add(self.actor_ref)
         self.generation = 0
         self.child: pykka.ActorRef[Any] | None = None
@@ -196,7 +197,7 @@ class SupervisorActor(pykka.ThreadingActor):
     def _finish(self, state: InstanceState) -> None:
         self._publish(state)
         safe_tell(self._deps.tasks, InstanceRoute(self.instance_id, self.task_id, None,
-                                                  self.config.max_concurrency, state))
+                                                  self._window, state))
         if state is InstanceState.FAILED:
             self._event("InstanceFailed", reason=self.last_error, exit_code=self.last_exit_code,
                         restarts=self.restarts)

@@ -6,8 +6,9 @@ burst of submits costs one actor message); frames go straight to the router pump
 queue, and answers come back from the ConnectionActor in one message per inbound batch.
 
 Routing: among the task's connected instances, least outstanding requests first, never more
-than an instance's ``max_concurrency``; otherwise a bounded queue per target. Every request
-ends exactly once: its answer, ExecutionError, TimeoutError, NoInstanceAvailable or
+than an instance's window (``max_concurrency + prefetch``); otherwise a bounded queue per
+target. Every request ends exactly once: its answer, ExecutionError, TimeoutError,
+NoInstanceAvailable or
 InstanceFailed (or a retry elsewhere when the call was marked idempotent with ``retries``).
 """
 
@@ -105,14 +106,14 @@ class _Request:
 class _Instance:
     instance_id: str
     task_id: str
-    max_concurrency: int
+    window: int
     routing_id: bytes | None = None
     state: InstanceState = InstanceState.CREATING
     in_flight: dict[int, _Request] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
-        return self.max_concurrency - len(self.in_flight) if self.routing_id else 0
+        return self.window - len(self.in_flight) if self.routing_id else 0
 
 
 class TaskExecutionManager(pykka.ThreadingActor):
@@ -155,8 +156,8 @@ class TaskExecutionManager(pykka.ThreadingActor):
             case ExecuteResponses(responses, at):
                 self._answers(responses, at)
                 self._flush()
-            case InstanceRoute(instance_id, task_id, routing_id, max_concurrency, state):
-                self._route(instance_id, task_id, routing_id, max_concurrency, state)
+            case InstanceRoute(instance_id, task_id, routing_id, window, state):
+                self._route(instance_id, task_id, routing_id, window, state)
                 self._flush()
             case CheckDeadlines():
                 self._expire(time.monotonic())
@@ -287,16 +288,16 @@ class TaskExecutionManager(pykka.ThreadingActor):
 
     # -- instances coming and going ------------------------------------------------------------
     def _route(self, instance_id: str, task_id: str, routing_id: bytes | None,
-               max_concurrency: int, state: InstanceState) -> None:
+               window: int, state: InstanceState) -> None:
         inst = self._instances.get(instance_id)
         if inst is None:
             if state.is_final:
                 return
             inst = self._instances[instance_id] = _Instance(instance_id, task_id,
-                                                            max_concurrency)
+                                                            window)
             self._tasks.setdefault(task_id, []).append(inst)
         inst.state = state
-        inst.max_concurrency = max_concurrency
+        inst.window = window
         if routing_id != inst.routing_id and inst.in_flight:
             # the connection it was answering on is gone: those requests are lost
             lost = list(inst.in_flight.items())

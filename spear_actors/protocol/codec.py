@@ -184,41 +184,97 @@ def _fields(obj: Any, required: dict[str, Check], optional: dict[str, Check],
     return out
 
 
+_MESSAGE_TYPES = {int(t): t for t in MessageType}
+_new = object.__new__
+_set = object.__setattr__
+_EXECUTE_REQUEST_KEYS = frozenset({"method", "data", "deadline"})
+_EXECUTE_RESPONSE_KEYS = frozenset({"ok", "data", "error"})
+_HEARTBEAT_KEYS = frozenset({"sequence"})
+
+
+def _message(message_type: MessageType, request_id: int, timestamp: float, payload: bytes,
+             version: int) -> SpearMessage:
+    """Build an already-checked SpearMessage without re-running its validation."""
+    m = _new(SpearMessage)
+    _set(m, "message_type", message_type)
+    _set(m, "request_id", request_id)
+    _set(m, "timestamp", timestamp)
+    _set(m, "payload", payload)
+    _set(m, "version", version)
+    return m
+
+
 def decode(body: bytes, max_size: int = DEFAULT_MAX_SIZE) -> SpearMessage:
     """Decode one frame into a SpearMessage, strictly. Raises only RemoteProtocolError."""
-    if not isinstance(body, (bytes, bytearray, memoryview)):
-        _bad("body must be bytes")
+    if type(body) is not bytes:
+        if not isinstance(body, (bytes, bytearray, memoryview)):
+            _bad("body must be bytes")
+        body = bytes(body)
     if len(body) > max_size:
         _bad(f"message of {len(body)} bytes exceeds the limit of {max_size}",
              ErrorCode.TOO_LARGE)
-    obj = _unpack(bytes(body), max_size)
-    if not isinstance(obj, dict):
+    obj = _unpack(body, max_size)
+    if type(obj) is not dict:
         _bad("message must be a map")
-    v = obj.get("version")  # may be unhashable (a list, a map): test the type first
-    if isinstance(v, int) and not isinstance(v, bool) and v not in SUPPORTED_VERSIONS:
-        _bad(f"protocol version {v} is not supported", ErrorCode.UNSUPPORTED_VERSION)
+    version = obj.get("version")
+    if type(version) is int and version not in SUPPORTED_VERSIONS:
+        _bad(f"protocol version {version} is not supported", ErrorCode.UNSUPPORTED_VERSION)
     if obj.keys() != _ENVELOPE_KEYS:
         _fields(obj, dict.fromkeys(_ENVELOPE_KEYS, _str), {}, "message")  # raises precisely
-    mt = obj["message_type"]
-    if not isinstance(mt, int) or isinstance(mt, bool):
-        _bad("message_type must be an int")
-    try:
-        message_type = MessageType(mt)
-    except ValueError:
-        _bad(f"unknown message_type {mt}")
-    version = obj["version"]
-    if not isinstance(version, int) or isinstance(version, bool):
+    if type(version) is not int:
         _bad("version must be an int")
-    return SpearMessage(message_type, _uint64(obj["request_id"], "request_id"),
-                        _float(obj["timestamp"], "timestamp"), _bin(obj["payload"], "payload"),
-                        version)
+    mt = obj["message_type"]
+    message_type = _MESSAGE_TYPES.get(mt) if type(mt) is int else None
+    if message_type is None:
+        _bad(f"unknown message_type {mt}" if type(mt) is int else "message_type must be an int")
+    request_id = obj["request_id"]
+    if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID:
+        _bad("request_id must be an int in 0..2**64-1")
+    timestamp = obj["timestamp"]
+    if type(timestamp) is not float:
+        timestamp = _float(timestamp, "timestamp")
+    elif timestamp - timestamp != 0.0:  # NaN or infinity
+        _bad("timestamp must be finite")
+    payload = obj["payload"]
+    if type(payload) is not bytes:
+        _bad("payload must be bin")
+    return _message(message_type, request_id, timestamp, payload, version)
 
 
 def decode_payload(message: SpearMessage, max_size: int = DEFAULT_MAX_SIZE) -> Payload:
     """Decode and check ``message.payload`` for its type. Raises only RemoteProtocolError."""
-    cls, required, optional = _SCHEMA[message.message_type]
-    fields = _fields(_unpack(message.payload, max_size), required, optional,
-                     f"{message.message_type.name} payload")
+    obj = _unpack(message.payload, max_size)
+    mt = message.message_type
+    # fast paths for the frames that carry the traffic; anything unusual takes the strict path
+    if type(obj) is dict:
+        if mt is MessageType.EXECUTE_RESPONSE and obj.keys() == _EXECUTE_RESPONSE_KEYS:
+            ok, data, error = obj["ok"], obj["data"], obj["error"]
+            if type(ok) is bool and type(data) is bytes and (error is None
+                                                             or type(error) is str):
+                r = _new(ExecuteResponse)
+                _set(r, "ok", ok)
+                _set(r, "data", data)
+                _set(r, "error", error)
+                return r
+        elif mt is MessageType.EXECUTE_REQUEST and obj.keys() == _EXECUTE_REQUEST_KEYS:
+            method, data, deadline = obj["method"], obj["data"], obj["deadline"]
+            if type(method) is str and type(data) is bytes and (
+                    deadline is None or (type(deadline) is float
+                                         and deadline - deadline == 0.0)):
+                q = _new(ExecuteRequest)
+                _set(q, "method", method)
+                _set(q, "data", data)
+                _set(q, "deadline", deadline)
+                return q
+        elif mt is MessageType.HEARTBEAT and obj.keys() == _HEARTBEAT_KEYS:
+            sequence = obj["sequence"]
+            if type(sequence) is int and 0 <= sequence <= MAX_REQUEST_ID:
+                h = _new(Heartbeat)
+                _set(h, "sequence", sequence)
+                _set(h, "stats", None)
+                return h
+    cls, required, optional = _SCHEMA[mt]
+    fields = _fields(obj, required, optional, f"{mt.name} payload")
     try:
         return cls(**fields)
     except LocalProtocolError as exc:  # belt and braces: the checks above should catch all
