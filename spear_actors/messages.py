@@ -330,6 +330,15 @@ class ExecuteResponses:
 
 
 @dataclass(frozen=True)
+class Completed:
+    """(request_id, instance_id, latency) of requests the pump-thread fast path resolved."""
+
+    items: Sequence[tuple[int, str, float]]
+    size: int
+    time: float
+
+
+@dataclass(frozen=True)
 class DrainSubmissions:
     """Wake-up: new submissions are waiting in the manager's queue."""
 

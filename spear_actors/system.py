@@ -91,7 +91,9 @@ class SpearSystem:
         self._refs.append(monitor)
         tasks = TaskExecutionManager.start(self._intake, monitor)
         self._refs.append(tasks)
-        connection = ConnectionActor.start(cfg.connection, monitor, tasks)
+        fast_path = tasks.proxy().fast_path(cfg.connection.max_message_size).get(
+            timeout=ASK_TIMEOUT)
+        connection = ConnectionActor.start(cfg.connection, monitor, tasks, fast_path)
         self._refs.append(connection)
         listening: dict[str, Any] = self._ask(connection, StartListening())
         self.endpoint, self.port = listening["endpoint"], listening["port"]

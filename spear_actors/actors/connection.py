@@ -10,6 +10,7 @@ go to the TaskExecutionManager in one message per batch.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -66,8 +67,10 @@ class ConnectionActor(pykka.ThreadingActor):
     """Every peer of the spearlet's listener. See the module docstring for the threads."""
 
     def __init__(self, config: ConnectionConfig, monitor: pykka.ActorRef[Any],
-                 tasks: pykka.ActorRef[Any] | None = None) -> None:
+                 tasks: pykka.ActorRef[Any] | None = None,
+                 fast_path: Callable[[list[Inbound]], list[Inbound]] | None = None) -> None:
         super().__init__()
+        self._fast_path = fast_path
         self.config = config
         self._monitor = monitor
         self._tasks = tasks
@@ -148,7 +151,15 @@ class ConnectionActor(pykka.ThreadingActor):
         if self._pump is not None:
             raise TransportError("already listening")
         ref = self.actor_ref
-        pump = RouterPump(lambda frames: ref.tell(InboundBatch(frames)), self.config,
+        fast = self._fast_path
+
+        def consume(frames: list[Inbound]) -> None:  # pump thread
+            if fast is not None:
+                frames = fast(frames)
+            if frames:
+                ref.tell(InboundBatch(frames))
+
+        pump = RouterPump(consume, self.config,
                           on_tick=lambda now: ref.tell(ConnectionTick(now)),
                           on_send_failed=lambda rid, body, why: ref.tell(
                               SendFailed(rid, body, why)))

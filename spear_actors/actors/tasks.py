@@ -25,9 +25,16 @@ from typing import Any
 import pykka
 
 from .._log import logger
-from ..errors import ExecutionError, InstanceFailed, NoInstanceAvailable, TimeoutError
+from ..errors import (
+    ExecutionError,
+    InstanceFailed,
+    NoInstanceAvailable,
+    RemoteProtocolError,
+    TimeoutError,
+)
 from ..messages import (
     CheckDeadlines,
+    Completed,
     CountMetric,
     DrainSubmissions,
     ExecuteResponses,
@@ -36,10 +43,12 @@ from ..messages import (
     RecordMessages,
     Submission,
 )
-from ..protocol.codec import pack_execute_request
+from ..protocol.codec import decode, decode_payload, pack_execute_request
+from ..protocol.types import ExecuteResponse, MessageType
 from ..records import InstanceState
+from ..transport.router import Inbound
 
-__all__ = ["SubmissionQueue", "TaskExecutionManager"]
+__all__ = ["ResponseFastPath", "SubmissionQueue", "TaskExecutionManager"]
 
 Sender = Callable[[list[tuple[bytes, bytes]]], None]
 DEFAULT_MAX_QUEUE = 100_000
@@ -116,6 +125,64 @@ class _Instance:
         return self.window - len(self.in_flight) if self.routing_id else 0
 
 
+class ResponseFastPath:
+    """Resolves execute responses in the router pump thread, skipping two actor hops.
+
+    The manager puts every sent request in ``table`` (request id -> request); whoever pops
+    an entry first (this fast path, or the manager expiring or failing it) owns its outcome,
+    and ``dict.pop`` is atomic, so each request ends exactly once. Only a response from the
+    routing id the request was sent to is taken; anything else goes on to the ConnectionActor
+    untouched. Completions reach the manager in one ``Completed`` message per batch.
+    Future callbacks therefore run in the pump thread: keep them short.
+    """
+
+    def __init__(self, table: dict[int, Any], manager: pykka.ActorRef[Any],
+                 max_message_size: int) -> None:
+        self.table = table
+        self._manager = manager
+        self._max = max_message_size
+
+    def __call__(self, frames: list[Inbound]) -> list[Inbound]:
+        table = self.table
+        rest: list[Inbound] = []
+        done: list[tuple[int, str, float]] = []
+        size = 0
+        now = time.monotonic()
+        for frame in frames:
+            try:
+                message = decode(frame.body, self._max)
+            except RemoteProtocolError:
+                rest.append(frame)
+                continue
+            request = table.get(message.request_id) \
+                if message.message_type is MessageType.EXECUTE_RESPONSE else None
+            if request is None or request.routing_id != frame.routing_id:
+                rest.append(frame)
+                continue
+            try:
+                payload = decode_payload(message, self._max)
+            except RemoteProtocolError:
+                rest.append(frame)
+                continue
+            assert isinstance(payload, ExecuteResponse)
+            if table.pop(message.request_id, None) is not request:
+                rest.append(frame)  # expired meanwhile: the manager counts it as late
+                continue
+            if payload.ok:
+                _resolve(request.submission.future, payload.data)
+            else:
+                _fail(request.submission.future, ExecutionError(
+                    payload.error or "the handler failed", request.instance_id))
+            done.append((message.request_id, request.instance_id, now - request.sent_at))
+            size += len(frame.body)
+        if done:
+            try:
+                self._manager.tell(Completed(done, size, now))
+            except pykka.ActorDeadError:
+                pass
+        return rest
+
+
 class TaskExecutionManager(pykka.ThreadingActor):
     """Owns routing tables, queues and outstanding requests; see the module docstring."""
 
@@ -132,6 +199,7 @@ class TaskExecutionManager(pykka.ThreadingActor):
         self._tasks: dict[str, list[_Instance]] = {}
         self._queues: dict[str, collections.deque[_Request]] = {}
         self._pending: dict[int, _Request] = {}
+        """Shared with the ResponseFastPath (pump thread): pop it to own an outcome."""
         self._ids = itertools.count(1)
         self._frames: list[tuple[bytes, bytes]] = []
         self._latencies: list[float] = []
@@ -142,6 +210,11 @@ class TaskExecutionManager(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         self._intake.actor = self.actor_ref
+
+    def fast_path(self, max_message_size: int) -> ResponseFastPath:
+        """The pump-thread response resolver sharing this manager's table (call before
+        the manager starts serving; the table object never changes)."""
+        return ResponseFastPath(self._pending, self.actor_ref, max_message_size)
 
     def on_stop(self) -> None:
         self._shutdown("the system is shutting down")
@@ -155,6 +228,9 @@ class TaskExecutionManager(pykka.ThreadingActor):
                 self._flush()
             case ExecuteResponses(responses, at):
                 self._answers(responses, at)
+                self._flush()
+            case Completed(items, size, at):
+                self._completed(items, size, at)
                 self._flush()
             case InstanceRoute(instance_id, task_id, routing_id, window, state):
                 self._route(instance_id, task_id, routing_id, window, state)
@@ -271,7 +347,9 @@ class TaskExecutionManager(pykka.ThreadingActor):
                 self.counters["foreign_replies_dropped"] += 1
                 self._monitor.tell(CountMetric("foreign_replies_dropped"))
                 continue
-            del pending[request_id]
+            if pending.pop(request_id, None) is not request:
+                self.counters["late_replies_dropped"] += 1
+                continue
             inst = self._instances.get(request.instance_id or "")
             if inst is not None:
                 inst.in_flight.pop(request_id, None)
@@ -283,6 +361,18 @@ class TaskExecutionManager(pykka.ThreadingActor):
             else:
                 _fail(request.submission.future,
                       ExecutionError(error or "the handler failed", instance_id))
+        if self._queues:
+            self._drain_queues(at)
+
+    def _completed(self, items: Sequence[tuple[int, str, float]], size: int, at: float) -> None:
+        """Requests the fast path resolved: free their slots, record their latency."""
+        for request_id, instance_id, latency in items:
+            inst = self._instances.get(instance_id)
+            if inst is not None:
+                inst.in_flight.pop(request_id, None)
+            self._latencies.append(latency)
+        self._monitor.tell(RecordMessages([("EXECUTE_RESPONSE", "in", size, len(items))],
+                                          time.time()))
         if self._queues:
             self._drain_queues(at)
 
@@ -300,11 +390,10 @@ class TaskExecutionManager(pykka.ThreadingActor):
         inst.window = window
         if routing_id != inst.routing_id and inst.in_flight:
             # the connection it was answering on is gone: those requests are lost
-            lost = list(inst.in_flight.items())
+            lost = [request for request_id, request in list(inst.in_flight.items())
+                    if self._pending.pop(request_id, None) is request]  # not answered yet
             inst.in_flight.clear()
-            for request_id, _ in lost:
-                self._pending.pop(request_id, None)
-            for _, request in lost:
+            for request in lost:
                 self._lost(request, f"instance {instance_id} lost ({state.value})",
                            time.monotonic())
         inst.routing_id = routing_id if state.is_serving else None
@@ -337,10 +426,11 @@ class TaskExecutionManager(pykka.ThreadingActor):
 
     # -- deadlines -----------------------------------------------------------------------------
     def _expire(self, now: float) -> None:
-        expired = [(rid, r) for rid, r in self._pending.items()
+        expired = [(rid, r) for rid, r in list(self._pending.items())
                    if r.deadline is not None and r.deadline <= now]
         for request_id, request in expired:
-            del self._pending[request_id]
+            if self._pending.pop(request_id, None) is not request:
+                continue  # answered meanwhile
             inst = self._instances.get(request.instance_id or "")
             if inst is not None:
                 inst.in_flight.pop(request_id, None)
@@ -366,9 +456,10 @@ class TaskExecutionManager(pykka.ThreadingActor):
 
     def _shutdown(self, why: str) -> None:
         self._closed = True
-        for request in self._pending.values():
-            _fail(request.submission.future, InstanceFailed(why))
-        self._pending.clear()
+        for request_id in list(self._pending):
+            request = self._pending.pop(request_id, None)
+            if request is not None:
+                _fail(request.submission.future, InstanceFailed(why))
         for queue in self._queues.values():
             for request in queue:
                 _fail(request.submission.future, NoInstanceAvailable(why))
