@@ -103,7 +103,8 @@ class SpearSystem:
         self._deps = Deps(runtime=runtime, connection=connection, monitor=monitor,
                           tasks=tasks, scheduler=self._scheduler, watcher=self._watcher,
                           listener=ListenerInfo(self.endpoint, self.port,
-                                                listening["transport"]))
+                                                listening["transport"],
+                                                cfg.connection.curve_public_key))
         runtime.tell(self._deps)
         self._deadline_timer = start_deadline_checks(self._scheduler, tasks)
         logger.info("spear system up on {}", self.endpoint)

@@ -45,6 +45,7 @@ class ListenerInfo:
     endpoint: str
     port: int | None
     transport: str
+    curve_public_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

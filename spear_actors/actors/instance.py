@@ -128,6 +128,8 @@ class InstanceActor(pykka.ThreadingActor):
                                             self.generation))
         extra = dict(self.config.env)
         extra.setdefault("SPEAR_MAX_CONCURRENCY", str(self.config.max_concurrency))
+        if deps.listener.curve_public_key:
+            extra["SPEAR_CURVE_SERVER_KEY"] = deps.listener.curve_public_key
         env = build_env(instance_id=self.instance_id, secret=self._secret,
                         port=deps.listener.port, endpoint=deps.listener.endpoint,
                         transport=deps.listener.transport, extra=extra,
