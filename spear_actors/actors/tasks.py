@@ -357,6 +357,11 @@ class TaskExecutionManager(pykka.ThreadingActor):
             if ok:
                 _resolve(request.submission.future, data)
             elif error is not None and error.startswith("could not send the request"):
+                if inst is not None and inst.routing_id == routing_id \
+                        and error.endswith("unreachable"):
+                    # the peer is gone: route nothing more to it (not even this request's
+                    # retry) until the instance connects again
+                    self._route(inst.instance_id, inst.task_id, None, inst.window, inst.state)
                 self._lost(request, error, at)
             else:
                 _fail(request.submission.future,
@@ -388,15 +393,16 @@ class TaskExecutionManager(pykka.ThreadingActor):
             self._tasks.setdefault(task_id, []).append(inst)
         inst.state = state
         inst.window = window
+        lost: list[_Request] = []
         if routing_id != inst.routing_id and inst.in_flight:
             # the connection it was answering on is gone: those requests are lost
             lost = [request for request_id, request in list(inst.in_flight.items())
                     if self._pending.pop(request_id, None) is request]  # not answered yet
             inst.in_flight.clear()
-            for request in lost:
-                self._lost(request, f"instance {instance_id} lost ({state.value})",
-                           time.monotonic())
         inst.routing_id = routing_id if state.is_serving else None
+        for request in lost:  # after the switch, so no retry goes back to the dead connection
+            self._lost(request, f"instance {instance_id} lost ({state.value})",
+                       time.monotonic())
         if state.is_final:
             del self._instances[instance_id]
             siblings = self._tasks.get(task_id, [])
