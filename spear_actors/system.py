@@ -20,6 +20,7 @@ import pykka
 from ._log import logger
 from .actors.connection import ConnectionActor
 from .actors.deps import Deps, ListenerInfo
+from .actors.instance import InstanceActor
 from .actors.monitor import MonitorActor
 from .actors.runtime import RuntimeActor
 from .actors.tasks import SubmissionQueue, TaskExecutionManager, start_deadline_checks
@@ -29,6 +30,7 @@ from .inspect import SupervisionTree
 from .messages import (
     Crash,
     CreateInstance,
+    DescribeInstance,
     DescribeTree,
     GetEvents,
     GetMetrics,
@@ -231,9 +233,12 @@ class SpearSystem:
         return self._ask(self.deps.runtime, ListInstances(task_id))  # type: ignore[no-any-return]
 
     def stop_instance(self, instance_id: str, timeout: float = 30.0) -> InstanceInfo:
-        """Stop it for good (SIGNAL stop, SIGTERM, stop_timeout, SIGKILL); not a failure."""
-        future: Future[InstanceInfo] = self._ask(self._supervisor(instance_id),
-                                                 StopSupervised("operator"))
+        """Stop it for good (SIGNAL stop, SIGTERM, stop_timeout, SIGKILL); not a failure.
+        Idempotent: an instance already STOPPED (or FAILED) is returned as it is."""
+        sup = self._ask(self.deps.runtime, GetSupervisor(instance_id))
+        if sup is None:  # its supervisor is done: nothing left to stop
+            return self.instance(instance_id)
+        future: Future[InstanceInfo] = self._ask(sup, StopSupervised("operator"))
         try:
             return future.result(timeout)
         except FutureTimeout as exc:
@@ -244,12 +249,20 @@ class SpearSystem:
         self._supervisor(instance_id).tell(RestartSupervised("operator"))
 
     def _crash_instance_actor(self, instance_id: str) -> None:
-        """Test hook: make the instance's actor raise, to exercise supervision."""
+        """Test hook: make the instance's actor raise, to exercise supervision.
+
+        Raises SpearError if the instance has no live actor (it used to do nothing then)."""
         for ref in self.deps.children.snapshot():
-            actor = getattr(ref, "_actor", None)
-            if actor is not None and type(actor).__name__ == "InstanceActor" and \
-                    getattr(actor, "instance_id", None) == instance_id:
+            if not issubclass(ref.actor_class, InstanceActor):
+                continue
+            try:
+                info: Any = ref.ask(DescribeInstance(), timeout=ASK_TIMEOUT)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                continue
+            if info.id == instance_id:
                 ref.tell(Crash())
+                return
+        raise SpearError(f"instance {instance_id!r} has no live actor")
 
     # -- work ----------------------------------------------------------------------------------
     def submit(self, target: str, data: bytes, method: str = "", timeout: float | None = None,

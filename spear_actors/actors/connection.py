@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pykka
@@ -51,6 +52,7 @@ from ..protocol.server import (
     ServerSettings,
 )
 from ..protocol.types import Error, ExecuteResponse, MessageType, Signal
+from ..records import ConnectionState
 from ..transport.router import Inbound, RouterPump
 
 __all__ = ["ConnectionActor"]
@@ -135,7 +137,7 @@ class ConnectionActor(pykka.ThreadingActor):
             case SendFailed(routing_id, body, reason):
                 self._send_failed(routing_id, body, reason)
             case ListConnections():
-                return [s.snapshot() for s in self._protocol.sessions()]
+                return self._connections()
             case StartListening():
                 return self._start_listening()
             case StopListening():
@@ -146,6 +148,14 @@ class ConnectionActor(pykka.ThreadingActor):
             case _:
                 self._log.warning("unexpected message {!r}", type(message).__name__)
         return None
+
+    def _connections(self) -> list[ConnectionState]:
+        """Session snapshots with their times made Unix seconds, as the record promises (the
+        protocol keeps them on the monotonic clock it decides with)."""
+        offset = time.time() - time.monotonic()
+        return [replace(state, connected_at=state.connected_at + offset,
+                        last_activity=state.last_activity + offset)
+                for state in (s.snapshot() for s in self._protocol.sessions())]
 
     def _start_listening(self) -> dict[str, Any]:
         if self._pump is not None:
