@@ -289,6 +289,8 @@ class SpearSystem:
         try:
             return future.result(limit)
         except FutureTimeout as exc:  # the manager expires requests itself; belt and braces
+            if future.done():  # FutureTimeout is the builtin: this is the request's own error
+                raise
             raise TimeoutError(f"no answer from {target} within {limit} s") from exc
 
     # -- inspection ----------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def test_timeout_raises_in_time_and_the_late_reply_is_dropped(system: SpearSyste
     assert isinstance(caught.value, builtins.TimeoutError)
     assert isinstance(caught.value, SpearError)
     assert 0.3 <= elapsed < 0.3 + MARGIN, elapsed
+    assert "within 0.3 s" in str(caught.value), "not the manager's own error"
     assert tasks_counter(system, "timeouts") >= 1
 
     # the handler finishes ~2 s after the call: its reply must be dropped and counted
