@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Literal
 
 import psutil
 import pytest
@@ -104,12 +105,14 @@ def test_crash_loop_fails_after_max_restarts_with_growing_backoff(system: SpearS
     assert "restarts 3/3" in drawing
 
 
-@pytest.mark.parametrize(("exit_code", "restarted"), [(0, False), (3, True)])
+@pytest.mark.parametrize(("mode", "exit_code", "restarted"), [
+    ("transient", 0, False), ("transient", 3, True), ("permanent", 0, True)])
 def test_transient_instance_is_restarted_only_after_an_abnormal_exit(
-        system: SpearSystem, exit_code: int, restarted: bool) -> None:
+        system: SpearSystem, mode: Literal["transient", "permanent"], exit_code: int,
+        restarted: bool) -> None:
     config = example("crash", env={"SPEAR_EXAMPLE_EXIT_AFTER": "0.2",
                                    "SPEAR_EXAMPLE_EXIT_CODE": str(exit_code)},
-                     restart=RestartPolicy(mode="transient", backoff_min=0.05, backoff_max=0.4))
+                     restart=RestartPolicy(mode=mode, backoff_min=0.05, backoff_max=0.4))
     iid = system.create_instance("transient", config)
     system.wait_ready(iid, WAIT)
     exited = wait_event(system, "InstanceExited", iid)
@@ -235,4 +238,53 @@ def test_operator_restart_is_not_counted_against_max_restarts(system: SpearSyste
     assert info.pid is not None
     os.kill(info.pid, signal.SIGKILL)
     info = system.wait_state(iid, {InstanceState.FAILED}, WAIT)
+    assert info.last_error is not None and "restart limit" in info.last_error
+
+
+def test_stop_during_the_restart_backoff_stops_at_once(system: SpearSystem) -> None:
+    slow = RestartPolicy(backoff_min=5, backoff_max=5, jitter=0)
+    iid = system.create_instance("crashy", example(
+        "crash", env={"SPEAR_EXAMPLE_EXIT_BEFORE_CONNECT": "3"}, restart=slow))
+    system.wait_state(iid, {InstanceState.RESTARTING}, WAIT)
+    started = time.monotonic()
+    info = system.stop_instance(iid, timeout=WAIT)
+    assert time.monotonic() - started < 2.0  # not after the 5 s backoff
+    assert info.state is InstanceState.STOPPED
+    wait_event(system, "InstanceStopped", iid)
+    assert holds_for(lambda: len(events_of(system, iid, {"InstanceStarted"})) == 1, 0.3)
+
+
+def test_stop_before_authentication(system: SpearSystem) -> None:
+    iid = system.create_instance("hang", example(
+        "hang", env={"SPEAR_EXAMPLE_HANG": "before_auth"}, stop_timeout=0.2))
+    started = wait_event(system, "InstanceStarted", iid)
+    info = system.stop_instance(iid, timeout=WAIT)
+    assert info.state is InstanceState.STOPPED and info.restarts == 0
+    assert info.last_exit_code == -signal.SIGTERM  # SIGTERM did it, no SIGKILL needed
+    assert gone(started.data["pid"])
+    assert not events_of(system, iid, {"InstanceRestarting", "InstanceFailed"})
+
+
+def test_restart_budget_resets_after_healthy_running(system: SpearSystem) -> None:
+    reset_after = 0.3
+    policy = RestartPolicy(max_restarts=1, window=60, backoff_min=0.05, backoff_max=0.4,
+                           reset_after=reset_after)
+    iid = system.create_instance("echo", echo(restart=policy))
+    info = system.wait_ready(iid, WAIT)
+    pids = [info.pid]
+    for n in (1, 2, 3):
+        # healthy for longer than reset_after: the one allowed restart is available again
+        assert holds_for(lambda: system.instance(iid).state is InstanceState.READY,
+                         reset_after + 0.1)
+        assert info.pid is not None
+        os.kill(info.pid, signal.SIGKILL)
+        info = wait_info(system, iid, lambda i: i.state is InstanceState.READY
+                         and i.pid not in (None, *pids), what=f"restart {n}")
+        pids.append(info.pid)
+        assert info.restarts == n
+    # failing again before reset_after: restart 3 spent the budget of one
+    assert info.pid is not None
+    os.kill(info.pid, signal.SIGKILL)
+    info = system.wait_state(iid, {InstanceState.FAILED}, WAIT)
+    assert info.restarts == 3
     assert info.last_error is not None and "restart limit" in info.last_error
