@@ -25,6 +25,7 @@ from ..protocol.client import (
     AuthAccepted,
     AuthRejected,
     ClientSession,
+    ErrorReceived,
     RequestReceived,
     ServerClosed,
     SignalReceived,
@@ -84,6 +85,7 @@ class InstanceClient:
         self._io_thread: threading.Thread | None = None
         self._poller = zmq.Poller()
         self._closing = False
+        self._session_lost = False
         self._done = threading.Event()
         self._draining = False
         self._in_flight = 0
@@ -169,7 +171,14 @@ class InstanceClient:
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
-        sock.send(self._session.start(time.time()))
+        # IMMEDIATE=1: a blocking send would wait forever for a peer; wait only until deadline
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLOUT):
+                raise zmq.Again()
+            sock.send(self._session.start(time.time()), zmq.NOBLOCK)
+        except zmq.Again:
+            raise TimeoutError(f"no answer from the spearlet at {self.endpoint}") from None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
@@ -327,10 +336,13 @@ class InstanceClient:
                 self._handle(session.receive(body, time.time()))
                 if self._closing:
                     return
+                if self._session_lost:
+                    break
         now = time.time()
         if session.heartbeat_due(now):
             self._send(session.heartbeat(now))
-        if session.server_silent(now):
+        if session.server_silent(now) or self._session_lost:
+            self._session_lost = False
             self._reconnect()
         if self._draining and self._in_flight == 0 and not self._replies:
             self._finish("drain")
@@ -369,17 +381,22 @@ class InstanceClient:
                 self._draining = True
         elif isinstance(event, ServerClosed):
             self._finish(f"server closed: {event.reason}")
+        elif isinstance(event, ErrorReceived) and event.code == "not_authenticated":
+            # the server no longer knows this session (it restarted): its rate-limited errors
+            # are no sign of life, so authenticate again now rather than never
+            self._session_lost = True
 
     def _reconnect(self) -> None:
         """The server went silent: fresh DEALER, authenticate again, with backoff."""
+        # read before the first handshake: resetting the session forgets the interval
+        answer_within = max(1.0, self._session.silence_limit() or 3.0)
         for attempt in range(1, self.max_retries + 1):
             if self._closing:
                 return
             delay = min(self.backoff_max, self.backoff_min * 2 ** (attempt - 1))
             time.sleep(delay * random.uniform(0.5, 1.5))  # backoff with jitter
             try:
-                self._handshake(time.monotonic() + max(1.0, self._session.silence_limit()
-                                                       or 3.0))
+                self._handshake(time.monotonic() + answer_within)
             except TimeoutError:
                 continue
             except AuthenticationError as exc:

@@ -1,0 +1,54 @@
+"""What an instance pays at start-up: ``import spear_actors.client`` (and the echo example)
+must load only the standard library, zmq, msgpack and spear_actors (DESIGN.md section 1)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+ALLOWED_PACKAGES = {"zmq", "msgpack", "spear_actors"}
+FORBIDDEN = {"pykka", "psutil", "loguru"}
+
+PROBE = """
+import json, sys
+before = set(sys.modules)
+import {module}
+print(json.dumps({{name: getattr(sys.modules[name], "__file__", None)
+                  for name in set(sys.modules) - before}}))
+"""
+
+
+def loaded_by(module: str) -> dict[str, str | None]:
+    """Modules (name -> file) that importing ``module`` loads in a fresh interpreter."""
+    result = subprocess.run([sys.executable, "-I", "-c", PROBE.format(module=module)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, str | None] = json.loads(result.stdout)
+    return loaded
+
+
+def is_stdlib(path: str) -> bool:
+    paths = sysconfig.get_paths()
+    return any(path.startswith(paths[key] + "/") for key in ("stdlib", "platstdlib"))
+
+
+@pytest.mark.parametrize("module", ["spear_actors.client", "spear_actors.examples.echo"])
+def test_instance_imports_stay_lean(module: str) -> None:
+    loaded = loaded_by(module)
+    assert module in loaded
+    tops = {name.split(".")[0] for name in loaded}
+    assert not tops & FORBIDDEN, sorted(tops & FORBIDDEN)
+    # modules without a file are built in or made by Cython extensions (cython_runtime)
+    foreign = sorted(name for name, path in loaded.items()
+                     if path and name.split(".")[0] not in ALLOWED_PACKAGES
+                     and not is_stdlib(path))
+    assert not foreign, f"{module} loads more than stdlib + zmq + msgpack: {foreign}"
+
+
+def test_protocol_imports_no_zmq() -> None:
+    tops = {name.split(".")[0] for name in loaded_by("spear_actors.protocol")}
+    assert not tops & (FORBIDDEN | {"zmq"}), sorted(tops & (FORBIDDEN | {"zmq"}))
