@@ -12,14 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import LocalProtocolError, RemoteProtocolError
-from .codec import DEFAULT_MAX_SIZE, decode, decode_payload, pack
+from .codec import DEFAULT_MAX_SIZE, decode, decode_payload, pack, pack_execute_response
 from .types import (
     AuthRequest,
     AuthResponse,
     ConnectionClose,
     Error,
     ExecuteRequest,
-    ExecuteResponse,
     Heartbeat,
     Signal,
     StreamData,
@@ -172,7 +171,10 @@ class ClientSession:
     def respond(self, request_id: int, now: float, data: bytes = b"", ok: bool = True,
                 error: str | None = None) -> bytes:
         self._require_authenticated()
-        return pack(ExecuteResponse(ok, data, error), request_id, now)
+        if type(data) is not bytes or type(ok) is not bool or not (
+                error is None or type(error) is str):
+            raise LocalProtocolError("respond() takes bytes data, a bool ok and a str error")
+        return pack_execute_response(request_id, ok, data, error, now)
 
     def close(self, reason: str, now: float) -> bytes:
         self.state = ClientState.CLOSED

@@ -76,7 +76,9 @@ class InstanceClient:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._generation = 0
-        self._requests: queue.SimpleQueue[RequestReceived | None] = queue.SimpleQueue()
+        # items are single requests, or whole batches when one worker serves them in order
+        self._requests: queue.SimpleQueue[RequestReceived | list[RequestReceived] | None] = \
+            queue.SimpleQueue()
         self._replies: collections.deque[_Reply] = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -88,8 +90,7 @@ class InstanceClient:
         self._session_lost = False
         self._done = threading.Event()
         self._draining = False
-        self._in_flight = 0
-        self._lock = threading.Lock()
+        self._in_flight = 0  # touched by the I/O thread only
         self.stop_reason: str | None = None
         self.error: BaseException | None = None
         self.reconnects = 0
@@ -229,18 +230,19 @@ class InstanceClient:
             if item is None:
                 self._requests.put(None)
                 return
-            if self._done.is_set():  # stopping: the spearlet fails what we did not start
-                continue
-            generation = self._generation
-            try:
-                data = handler(item.method, item.data)
-                if not isinstance(data, bytes):
-                    data = bytes(data)
-                reply = _Reply(generation, item.request_id, True, data, None)
-            except Exception as exc:
-                reply = _Reply(generation, item.request_id, False, b"",
-                               f"{type(exc).__name__}: {exc}")
-            self._replies.append(reply)
+            for request in item if isinstance(item, list) else (item,):
+                if self._done.is_set():  # stopping: the spearlet fails what we did not start
+                    break
+                generation = self._generation
+                try:
+                    data = handler(request.method, request.data)
+                    if not isinstance(data, bytes):
+                        data = bytes(data)
+                    reply = _Reply(generation, request.request_id, True, data, None)
+                except Exception as exc:
+                    reply = _Reply(generation, request.request_id, False, b"",
+                                   f"{type(exc).__name__}: {exc}")
+                self._replies.append(reply)
             if not self._woken:
                 self._wake()
 
@@ -328,16 +330,28 @@ class InstanceClient:
         if self._replies:
             self._flush_replies()
         if sock in events:
+            batch: list[RequestReceived] = []
             for _ in range(1024):
                 try:
                     body = sock.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self._handle(session.receive(body, time.time()))
-                if self._closing:
-                    return
-                if self._session_lost:
+                event = session.receive(body, time.time())
+                if type(event) is RequestReceived and not self._draining:
+                    batch.append(event)
+                    continue
+                self._handle(event)
+                if self._closing or self._session_lost:
                     break
+            if batch:
+                self._in_flight += len(batch)
+                if self.max_concurrency == 1:  # one worker: hand the batch over in one go
+                    self._requests.put(batch)
+                else:
+                    for request in batch:
+                        self._requests.put(request)
+            if self._closing:
+                return
         now = time.time()
         if session.heartbeat_due(now):
             self._send(session.heartbeat(now))
@@ -358,8 +372,7 @@ class InstanceClient:
         now = time.time()
         while self._replies:
             reply = self._replies.popleft()
-            with self._lock:
-                self._in_flight -= 1
+            self._in_flight -= 1
             if reply.generation != self._generation or self._sock is None:
                 continue  # answered on a connection that is gone: the server failed it
             self._send(self._session.respond(reply.request_id, now, reply.data, reply.ok,
@@ -371,8 +384,7 @@ class InstanceClient:
                 self._send(self._session.respond(event.request_id, time.time(), b"", False,
                                                  "instance is draining"))
                 return
-            with self._lock:
-                self._in_flight += 1
+            self._in_flight += 1
             self._requests.put(event)
         elif isinstance(event, SignalReceived):
             if event.signal == "stop":
