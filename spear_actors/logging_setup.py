@@ -1,0 +1,111 @@
+"""Log sinks for the command line: human-readable or JSON lines, and a live status line.
+
+The library keeps loguru disabled for ``spear_actors`` (see ``_log.py``); :func:`setup_logging`
+enables it and installs one stderr sink. Records bound with ``instance=...`` (actors, and the
+instance stdout/stderr lines the process watcher relays with ``stream=...``) show the instance
+id, so the output of every instance interleaves readably with ours.
+
+:class:`StatusLine` keeps a one-line display at the bottom of a terminal; log lines and
+messages are written above it. Any thread may use it (the loguru sink runs in whichever thread
+logs; the status refresh runs in the CLI's main thread): one lock serialises the writes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+from typing import TYPE_CHECKING, TextIO
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
+
+__all__ = ["LEVELS", "StatusLine", "human_format", "setup_logging"]
+
+LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+_ERASE = "\r\x1b[K"
+
+
+class StatusLine:
+    """A live line at the bottom of a TTY; :meth:`write` prints above it. Thread-safe."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stderr
+        self._lock = threading.Lock()
+        self._text = ""
+
+    def set(self, text: str) -> None:
+        """Replace the live line (cut to the terminal width so it never wraps)."""
+        width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
+        with self._lock:
+            if text[:width] == self._text:
+                return
+            self._text = text[:width]
+            self._stream.write(_ERASE + self._text)
+            self._stream.flush()
+
+    def clear(self) -> None:
+        """Erase the live line and forget it."""
+        with self._lock:
+            if self._text:
+                self._stream.write(_ERASE)
+                self._stream.flush()
+            self._text = ""
+
+    def write(self, message: str) -> None:
+        """Print ``message`` (with its own newline) above the live line; a loguru sink."""
+        with self._lock:
+            if self._text:
+                self._stream.write(_ERASE)
+            self._stream.write(message)
+            if self._text:
+                self._stream.write(self._text)
+            self._stream.flush()
+
+
+def human_format(record: Record) -> str:
+    """loguru format: time, level, ``[instance stream]`` or ``actor[instance]``, message."""
+    extra = record["extra"]
+    where = ""
+    if "instance" in extra and "stream" in extra:
+        where = "<cyan>[{extra[instance]} {extra[stream]}]</cyan> "
+    elif "actor" in extra and "instance" in extra:
+        where = "<blue>{extra[actor]}</blue><cyan>[{extra[instance]}]</cyan> "
+    elif "instance" in extra:
+        where = "<cyan>[{extra[instance]}]</cyan> "
+    elif "actor" in extra:
+        where = "<blue>{extra[actor]}</blue> "
+    return ("<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> " + where
+            + "{message}\n{exception}")
+
+
+def _not_instance_output(record: Record) -> bool:
+    return "stream" not in record["extra"]
+
+
+def setup_logging(level: str = "INFO", *, json: bool = False,
+                  status: StatusLine | None = None, stream: TextIO | None = None,
+                  instance_output: bool = True) -> None:
+    """Enable spear_actors' logs at ``level`` on stderr (JSON lines if ``json``).
+
+    With ``status``, human-readable lines go through it so they print above the live line.
+    ``instance_output=False`` drops the instances' relayed stdout/stderr lines.
+    Replaces any sink installed before (loguru's default one included).
+    """
+    from . import _log  # noqa: F401  (its import-time disable must come before our enable)
+
+    out = stream if stream is not None else sys.stderr
+    keep = None if instance_output else _not_instance_output
+    logger.remove()
+    logger.enable("spear_actors")
+    if json:
+        logger.add(out, level=level, serialize=True, backtrace=False, diagnose=False,
+                   filter=keep)
+    elif status is not None:
+        logger.add(status.write, level=level, format=human_format, colorize=True,
+                   backtrace=False, diagnose=False, filter=keep)
+    else:
+        logger.add(out, level=level, format=human_format, backtrace=False, diagnose=False,
+                   filter=keep)

@@ -1,0 +1,210 @@
+"""Read a ``spear.toml`` file into a :class:`SystemConfig` and the tasks to launch.
+
+Standard library only (``tomllib``, or ``tomli`` on Python 3.10); runs in the caller's thread.
+Every error is a :class:`~spear_actors.errors.ConfigError` whose message starts with the file
+name and names the dotted key, e.g. ``spear.toml: tasks[0].restart.max_restarts: expected int,
+got str 'x'``, so the CLI can refuse a bad file before anything starts.
+
+Layout (all tables optional; see the commented ``spear.toml`` at the repository root)::
+
+    [system]      work_dir, capacity_cpus, capacity_memory
+    [connection]  ConnectionConfig fields
+    [monitoring]  MonitoringConfig fields
+    [[tasks]]     name, command, instances, resources = {ResourceLimits fields},
+                  and the InstanceConfig fields (env, restart = {RestartPolicy fields}, ...)
+
+Conveniences: sizes (``capacity_memory``, ``resources.memory_bytes``) may be strings such as
+``"512MiB"``; relative ``work_dir``/``working_dir`` and a relative ``command[0]`` containing a
+``/`` are taken relative to the file's directory; a ``command`` element ``"{python}"`` stands
+for the interpreter running spear-actors (so instances get its packages).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    ConnectionConfig,
+    InstanceConfig,
+    MonitoringConfig,
+    ResourceLimits,
+    SystemConfig,
+    from_mapping,
+)
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+__all__ = ["PYTHON_PLACEHOLDER", "SpearFile", "TaskSpec", "load", "parse", "parse_size"]
+
+PYTHON_PLACEHOLDER = "{python}"
+_TOP_KEYS = ("connection", "monitoring", "system", "tasks")
+_SYSTEM_KEYS = ("capacity_cpus", "capacity_memory", "work_dir")
+_TASK_KEYS = ("instances", "name", "resources")
+_INSTANCE_KEYS = tuple(f.name for f in dataclasses.fields(InstanceConfig) if f.init)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One ``[[tasks]]`` entry: launch ``instances`` copies of ``config`` under task ``name``."""
+
+    name: str
+    instances: int
+    config: InstanceConfig
+    limits: ResourceLimits
+
+
+@dataclass(frozen=True)
+class SpearFile:
+    """A parsed configuration file."""
+
+    system: SystemConfig
+    tasks: tuple[TaskSpec, ...]
+    source: str
+
+    @property
+    def instance_count(self) -> int:
+        return sum(task.instances for task in self.tasks)
+
+
+def load(path: str | os.PathLike[str]) -> SpearFile:
+    """Read and check ``path``; relative paths inside are taken from its directory."""
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{source}: is a directory, not a TOML file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read: {exc}") from None
+    return parse(text, source, base_dir=os.path.dirname(os.path.abspath(source)))
+
+
+def parse(text: str, source: str = "<string>", base_dir: str | None = None) -> SpearFile:
+    """Parse TOML ``text``; ``source`` prefixes every error message."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    try:
+        return _build(data, source, base_dir or os.getcwd())
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def parse_size(value: object, where: str) -> int:
+    """``512``, ``"512"``, ``"64MiB"``, ``"1.5 GB"`` -> bytes (KiB/MiB/GiB are powers of 2)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a size, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        if match:
+            unit = (match.group(2) or "").lower()
+            unit = unit[:-1] if unit.endswith("b") and unit != "b" else unit
+            return int(float(match.group(1)) * _UNITS[unit])
+    raise ConfigError(f"{where}: expected a size in bytes (an integer, or a string such as "
+                      f"'512MiB'), got {type(value).__name__} {value!r}")
+
+
+def _table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
+    return dict(value)
+
+
+def _unknown(data: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    for key in data:
+        if key not in known:
+            path = f"{where}.{key}" if where else key
+            raise ConfigError(f"{path}: unknown key (known: {', '.join(known)})")
+
+
+def _build(data: dict[str, Any], source: str, base_dir: str) -> SpearFile:
+    _unknown(data, _TOP_KEYS, "")
+    system_table = _table(data, "system")
+    _unknown(system_table, _SYSTEM_KEYS, "system")
+    if "capacity_memory" in system_table:
+        system_table["capacity_memory"] = parse_size(system_table["capacity_memory"],
+                                                     "system.capacity_memory")
+    if isinstance(system_table.get("work_dir"), str):
+        system_table["work_dir"] = _path(base_dir, system_table["work_dir"])
+    system = from_mapping(SystemConfig, system_table, "system")
+    system = replace(
+        system,
+        connection=from_mapping(ConnectionConfig, _table(data, "connection"), "connection"),
+        monitoring=from_mapping(MonitoringConfig, _table(data, "monitoring"), "monitoring"))
+    tasks_value = data.get("tasks", [])
+    if not isinstance(tasks_value, list):
+        raise ConfigError("tasks: expected an array of tables ([[tasks]]), got "
+                          f"{type(tasks_value).__name__}")
+    tasks: list[TaskSpec] = []
+    for i, entry in enumerate(tasks_value):
+        task = _task(entry, f"tasks[{i}]", base_dir)
+        if any(t.name == task.name for t in tasks):
+            raise ConfigError(f"tasks[{i}].name: task {task.name!r} is defined twice")
+        tasks.append(task)
+    return SpearFile(system=system, tasks=tuple(tasks), source=source)
+
+
+def _task(entry: object, where: str, base_dir: str) -> TaskSpec:
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {type(entry).__name__}")
+    table = dict(entry)
+    _unknown(table, tuple(sorted({*_INSTANCE_KEYS, *_TASK_KEYS})), where)
+    name = table.pop("name", None)
+    if name is None:
+        raise ConfigError(f"{where}.name: missing (the task id, e.g. name = \"echo\")")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"{where}.name: expected letters, digits, '_', '.' or '-' "
+                          f"(at most 63), got {name!r}")
+    count = table.pop("instances", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ConfigError(f"{where}.instances: expected an integer >= 0, got {count!r}")
+    resources = table.pop("resources", {})
+    if not isinstance(resources, Mapping):
+        raise ConfigError(f"{where}.resources: expected a table, got "
+                          f"{type(resources).__name__}")
+    resources = dict(resources)
+    if "memory_bytes" in resources:
+        resources["memory_bytes"] = parse_size(resources["memory_bytes"],
+                                               f"{where}.resources.memory_bytes")
+    limits = from_mapping(ResourceLimits, resources, f"{where}.resources")
+    if "command" not in table:
+        raise ConfigError(f"{where}.command: missing (the instance's argv as a list of "
+                          "strings, e.g. command = [\"{python}\", \"my_instance.py\"])")
+    command = table["command"]
+    if isinstance(command, list) and command and all(isinstance(a, str) for a in command):
+        table["command"] = _command(command, base_dir)
+    if isinstance(table.get("working_dir"), str):
+        table["working_dir"] = _path(base_dir, table["working_dir"])
+    config = from_mapping(InstanceConfig, table, where)
+    return TaskSpec(name=name, instances=count, config=config, limits=limits)
+
+
+def _command(command: list[str], base_dir: str) -> list[str]:
+    argv = [sys.executable if arg == PYTHON_PLACEHOLDER else arg for arg in command]
+    if "/" in argv[0] and not os.path.isabs(argv[0]):
+        argv[0] = _path(base_dir, argv[0])
+    return argv
+
+
+def _path(base_dir: str, path: str) -> str:
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(path)))
