@@ -15,6 +15,7 @@ InstanceFailed (or a retry elsewhere when the call was marked idempotent with ``
 from __future__ import annotations
 
 import collections
+import heapq
 import itertools
 import time
 from collections.abc import Callable, Sequence
@@ -109,6 +110,9 @@ class _Request:
     instance_id: str | None = None
     routing_id: bytes | None = None
     sent_at: float = 0.0
+    request_id: int = 0
+    queued: bool = False
+    expired: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -201,6 +205,8 @@ class TaskExecutionManager(pykka.ThreadingActor):
         self._pending: dict[int, _Request] = {}
         """Shared with the ResponseFastPath (pump thread): pop it to own an outcome."""
         self._ids = itertools.count(1)
+        self._deadlines: list[tuple[float, int, _Request]] = []  # heap; stale entries skipped
+        self._seq = itertools.count()
         self._frames: list[tuple[bytes, bytes]] = []
         self._latencies: list[float] = []
         self._out_bytes = 0
@@ -262,6 +268,8 @@ class TaskExecutionManager(pykka.ThreadingActor):
         timeout = item.timeout
         deadline = now + timeout if timeout is not None else None
         request = _Request(item, deadline, max(0, item.retries))
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, next(self._seq), request))
         if not self._dispatch(request, now):
             self._enqueue(request)
 
@@ -291,6 +299,7 @@ class TaskExecutionManager(pykka.ThreadingActor):
         request.instance_id = inst.instance_id
         request.routing_id = inst.routing_id
         request.sent_at = now
+        request.request_id = request_id
         inst.in_flight[request_id] = request
         self._pending[request_id] = request
         self._frames.append((inst.routing_id, body))
@@ -305,18 +314,21 @@ class TaskExecutionManager(pykka.ThreadingActor):
             return
         if request.deadline is None:  # waiting for an instance is always bounded
             request.deadline = time.monotonic() + self.max_wait
+            heapq.heappush(self._deadlines, (request.deadline, next(self._seq), request))
+        request.queued = True
         queue.append(request)
 
     def _drain_queues(self, now: float) -> None:
         for target, queue in list(self._queues.items()):
             while queue:
                 request = queue[0]
-                if request.submission.future.cancelled():
+                if request.expired or request.submission.future.cancelled():
                     queue.popleft()
                     continue
                 if not self._dispatch(request, now):
                     break
                 queue.popleft()
+                request.queued = False
             if not queue:
                 del self._queues[target]
 
@@ -432,32 +444,33 @@ class TaskExecutionManager(pykka.ThreadingActor):
 
     # -- deadlines -----------------------------------------------------------------------------
     def _expire(self, now: float) -> None:
-        expired = [(rid, r) for rid, r in list(self._pending.items())
-                   if r.deadline is not None and r.deadline <= now]
-        for request_id, request in expired:
-            if self._pending.pop(request_id, None) is not request:
-                continue  # answered meanwhile
+        """Fail what passed its deadline: a heap, so each check costs O(expired), not
+        O(pending); entries of requests that ended meanwhile are skipped."""
+        heap = self._deadlines
+        expired_any = False
+        while heap and heap[0][0] <= now:
+            _, _, request = heapq.heappop(heap)
+            if request.queued and not request.expired:
+                request.expired = True  # removed from its queue lazily
+                self.counters["timeouts"] += 1
+                _fail(request.submission.future, (
+                    TimeoutError if request.submission.timeout is not None
+                    else NoInstanceAvailable)(
+                    f"no instance of {request.submission.target!r} became available in time"))
+                continue
+            request_id = request.request_id
+            if not request_id or self._pending.get(request_id) is not request or \
+                    self._pending.pop(request_id, None) is not request:
+                continue  # answered, or not in flight
             inst = self._instances.get(request.instance_id or "")
             if inst is not None:
                 inst.in_flight.pop(request_id, None)
             self.counters["timeouts"] += 1
+            expired_any = True
             _fail(request.submission.future, TimeoutError(
                 f"no answer from {request.instance_id} within "
                 f"{request.submission.timeout or self.max_wait:g} s"))
-        for target, queue in list(self._queues.items()):
-            if any(r.deadline is not None and r.deadline <= now for r in queue):
-                keep: collections.deque[_Request] = collections.deque()
-                for request in queue:
-                    if request.deadline is not None and request.deadline <= now:
-                        self.counters["timeouts"] += 1
-                        _fail(request.submission.future, (
-                            TimeoutError if request.submission.timeout is not None
-                            else NoInstanceAvailable)(
-                            f"no instance of {target!r} became available in time"))
-                    else:
-                        keep.append(request)
-                self._queues[target] = keep
-        if expired:
+        if expired_any:
             self._drain_queues(now)
 
     def _shutdown(self, why: str) -> None:
