@@ -25,9 +25,11 @@ from .support import (
 
 DETECT_MARGIN = 0.5
 """HeartbeatTimeout must come within heartbeat_timeout + this after the process froze."""
-REPLACE_MARGIN = 1.5
-"""... and a new process must be READY within heartbeat_timeout + this (a Python start with
-``import zmq`` on a loaded 2-core machine included)."""
+REPLACE_MARGIN = 3.0
+"""... and a new process must be READY within heartbeat_timeout + this: generous, because it
+includes a Python start with ``import zmq`` on a 2-core machine that other test runs may be
+loading (2.2 s seen at load 10). The design's "replaced within heartbeat_timeout + 0.5 s" is
+for the benchmark on a quiet machine; here the point is that it is noticed at all."""
 
 
 def gone(pid: int) -> bool:
