@@ -365,7 +365,7 @@ class ControlServer:
                     with contextlib.suppress(zmq.ZMQError):
                         sock.send_multipart([*envelope, body], zmq.NOBLOCK)
         except Exception:
-            _log().exception("control endpoint: unexpected error, no longer serving")
+            _log_exception("control endpoint: unexpected error, no longer serving")
         finally:
             sock.close(0)
             context.term()
@@ -426,7 +426,7 @@ class ControlServer:
             reply = {"ok": False, "code": "error", "error_type": type(exc).__name__,
                      "error": str(exc)}
         except Exception as exc:
-            _log().exception("control op {} failed", op)
+            _log_exception("control op {} failed", op)
             reply = {"ok": False, "code": "internal", "error": f"{op}: internal error: {exc}"}
         self._replies.append((envelope, _pack(reply)))
         self._wake()
@@ -481,6 +481,13 @@ def _log() -> Any:
     from ._log import logger  # the server runs inside `up`, where loguru is loaded anyway
 
     return logger
+
+
+def _log_exception(message: str, *args: Any) -> None:
+    """Traceback without local variables: request frames hold the control token."""
+    from ._log import log_exception
+
+    log_exception(_log(), message, *args)
 
 
 # -- client ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ._log import logger
+from ._log import log_exception, logger
 
 __all__ = ["Scheduler", "TimerHandle"]
 
@@ -96,4 +96,4 @@ class Scheduler:
             try:
                 handle.fn()
             except Exception:
-                logger.exception("scheduled call {} raised", handle.fn)
+                log_exception(logger, "scheduled call {} raised", handle.fn)

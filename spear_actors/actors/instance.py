@@ -18,7 +18,7 @@ from typing import Any
 
 import pykka
 
-from .._log import logger
+from .._log import log_exception, logger
 from ..config import InstanceConfig, ResourceLimits
 from ..errors import SpawnError
 from ..messages import (
@@ -58,7 +58,8 @@ class InstanceActor(pykka.ThreadingActor):
 
     def __init__(self, *, instance_id: str, task_id: str, generation: int, secret: str,
                  config: InstanceConfig, limits: ResourceLimits, argv: list[str], cwd: str,
-                 restarts: int, supervisor: pykka.ActorRef[Any], deps: Deps) -> None:
+                 restarts: int, supervisor: pykka.ActorRef[Any], deps: Deps,
+                 previous_exit: tuple[int | None, str | None] = (None, None)) -> None:
         super().__init__()
         self.instance_id = instance_id
         self.task_id = task_id
@@ -69,6 +70,7 @@ class InstanceActor(pykka.ThreadingActor):
         self.argv = argv
         self.cwd = cwd
         self.restarts = restarts
+        self._previous_exit = previous_exit  # shown until this generation ends
         self._supervisor = supervisor
         self._deps = deps
         self._window = config.max_concurrency + config.prefetch
@@ -97,7 +99,7 @@ class InstanceActor(pykka.ThreadingActor):
             self._exit_reason = f"spawn failed: {exc}"
             self._report_exit(None)
         except Exception as exc:
-            self._log.exception("instance actor failed to start")
+            log_exception(self._log, "instance actor failed to start")
             self._crash_cleanup(f"{type(exc).__name__}: {exc}")
 
     def on_stop(self) -> None:
@@ -222,9 +224,11 @@ class InstanceActor(pykka.ThreadingActor):
         self._unroute()
         self._deps.connection.tell(SendSignal(self.instance_id, "stop", reason))
         proc, timeout = self._proc, self.config.stop_timeout
+        # the stop SIGNAL can only help a connected instance: others get SIGTERM at once
+        grace = min(STOP_GRACE, timeout) if self._connection_id is not None else 0.0
 
         def stopper() -> None:  # SIGNAL stop -> grace -> SIGTERM -> stop_timeout -> SIGKILL
-            if proc.wait(min(STOP_GRACE, timeout)) is None:
+            if proc.wait(grace) is None:
                 proc.terminate_tree(timeout)
             else:
                 proc.kill_tree()  # descendants it may have left behind
@@ -264,13 +268,15 @@ class InstanceActor(pykka.ThreadingActor):
     # -- helpers -------------------------------------------------------------------------------
     def info(self) -> InstanceInfo:
         proc = self._proc
+        exited = proc is not None and proc.returncode is not None
+        last_code, last_error = self._previous_exit
         return InstanceInfo(
             id=self.instance_id, task_id=self.task_id, state=self.state,
-            pid=proc.pid if proc is not None and proc.returncode is None else None,
+            pid=proc.pid if proc is not None and not exited else None,
             restarts=self.restarts, connection_id=self._connection_id,
             session_id=self._session_id, started_at=self._started_at,
-            last_exit_code=proc.returncode if proc is not None else None,
-            last_error=self._exit_reason)
+            last_exit_code=proc.returncode if exited and proc is not None else last_code,
+            last_error=self._exit_reason or last_error)
 
     def _set_state(self, state: InstanceState) -> None:
         self.state = state

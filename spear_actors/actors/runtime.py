@@ -13,7 +13,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -142,13 +142,9 @@ class RuntimeActor(pykka.ThreadingActor):
         entry = self._entries.get(info.id)
         if entry is None:
             return
-        if info.state in (InstanceState.STOPPED, InstanceState.FAILED) or \
-                entry.info.state not in (InstanceState.STOPPED, InstanceState.FAILED):
-            # keep the restart count and last error the supervisor knows of
-            if info.last_error is None and entry.info.last_error is not None and \
-                    info.state is not InstanceState.READY:
-                info = replace(info, last_error=entry.info.last_error)
-            entry.info = info
+        if entry.info.state.is_final and not info.state.is_final:
+            return  # a late update from an instance actor after its supervisor finished
+        entry.info = info
         self._notify(entry)
 
     def _watch(self, instance_id: str, states: frozenset[InstanceState],

@@ -120,7 +120,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self.child = InstanceActor.start(
             instance_id=self.instance_id, task_id=self.task_id, generation=self.generation,
             secret=new_secret(), config=self.config, limits=self.limits, argv=self.argv,
-            cwd=self.cwd, restarts=self.restarts, supervisor=self.actor_ref, deps=self._deps)
+            cwd=self.cwd, restarts=self.restarts, supervisor=self.actor_ref, deps=self._deps,
+            previous_exit=(self.last_exit_code, self.last_error))
 
     def _child_ended(self, exit_code: int | None, reason: str, abnormal: bool) -> None:
         self.child = None

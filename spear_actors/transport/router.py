@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import zmq
 
-from .._log import logger
+from .._log import log_exception, logger
 from ..config import ConnectionConfig
 from ..errors import TransportError
 from .endpoints import BoundEndpoint, bind_listener, release_endpoint
@@ -180,7 +180,7 @@ class RouterPump:
         try:
             self._loop(sock)
         except Exception:
-            logger.exception("router pump crashed")
+            log_exception(logger, "router pump crashed")
         finally:
             sock.close(linger=100)  # let final CONNECTION_CLOSE frames out
             ctx.term()
@@ -266,4 +266,4 @@ class RouterPump:
             fn(*args)
         except Exception:
             self.counters["consumer_errors"] += 1
-            logger.exception("router pump callback {} raised", getattr(fn, "__name__", fn))
+            log_exception(logger, "router pump callback {} raised", getattr(fn, "__name__", fn))
