@@ -84,12 +84,27 @@ def no_leftovers() -> Iterator[None]:
         pytest.fail(f"test left threads running: {[t.name for t in new_threads()]}")
 
 
-@pytest.fixture
-def system(no_leftovers: None) -> Iterator[SpearSystem]:
-    """A running SpearSystem with short heartbeat and restart timings; always shut down."""
-    spear = SpearSystem.start(SystemConfig(connection=SHORT_CONNECTION))
+def _run(connection: ConnectionConfig) -> Iterator[SpearSystem]:
+    spear = SpearSystem.start(SystemConfig(connection=connection))
     try:
         yield spear
     finally:
         spear.shutdown(timeout=WAIT)
+
+
+@pytest.fixture
+def system(no_leftovers: None) -> Iterator[SpearSystem]:
+    """A running SpearSystem with short heartbeat and restart timings; always shut down."""
+    yield from _run(SHORT_CONNECTION)
+
+
+@pytest.fixture
+def busy_system(no_leftovers: None) -> Iterator[SpearSystem]:
+    """Like ``system`` but with a 2 s heartbeat timeout, for tests that saturate the machine.
+
+    With 0.6 s, an instance answering thousands of requests on a loaded 2-core machine
+    (other test runs beside this one) was seen to miss its heartbeats (client-side gaps of
+    0.67 s measured) and get killed for ``heartbeat_timeout`` mid-test.
+    """
+    yield from _run(ConnectionConfig(heartbeat_interval=0.2, heartbeat_timeout=2.0))
 

@@ -118,6 +118,9 @@ def test_replies_to_requests_never_given_are_dropped(system: SpearSystem) -> Non
         stats = system.metrics()["tasks"]
         return bool(stats.get("foreign_replies_dropped", 0) >= 1
                     and stats.get("late_replies_dropped", 0) >= 20)
-    wait_until(dropped, timeout=WAIT, message="rogue replies to be counted")
+    try:
+        wait_until(dropped, timeout=WAIT, message="rogue replies to be counted")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; tasks: {system.metrics()['tasks']}") from None
     stats = system.metrics()["tasks"]
     assert stats["pending"] == 0

@@ -23,6 +23,12 @@ def payload(i: int) -> bytes:
     return i.to_bytes(4, "big")
 
 
+def lifecycle(system: SpearSystem) -> list[tuple[str, dict[str, object]]]:
+    """The recent non-message events, for failure messages."""
+    return [(e.kind, dict(e.data)) for e in system.events(limit=None)
+            if not e.kind.startswith("Message")][-30:]
+
+
 def all_done(futures: list[Future[bytes]], timeout: float) -> None:
     """Every future completes within ``timeout`` (no hang, whatever its outcome)."""
     _, not_done = wait(futures, timeout=timeout)
@@ -30,7 +36,9 @@ def all_done(futures: list[Future[bytes]], timeout: float) -> None:
                          f"{timeout} s"
 
 
-def test_ten_thousand_concurrent_submits_are_answered_and_spread(system: SpearSystem) -> None:
+def test_ten_thousand_concurrent_submits_are_answered_and_spread(busy_system: SpearSystem
+                                                                 ) -> None:
+    system = busy_system
     ids = launch(system, "pids", PID_ECHO, 3, max_concurrency=4)
     pids = {system.instance(iid).pid for iid in ids}
     assert len(pids) == 3
@@ -38,11 +46,14 @@ def test_ten_thousand_concurrent_submits_are_answered_and_spread(system: SpearSy
     futures = [system.submit("pids", payload(i), timeout=30) for i in range(N_SPREAD)]
     all_done(futures, 60)
     served: Counter[int] = Counter()
+    errors = [f.exception(0) for f in futures if f.exception(0) is not None]
+    assert not errors, f"{len(errors)} failed, e.g. {errors[0]!r}; events: {lifecycle(system)}"
     for i, future in enumerate(futures):
         pid, _, data = future.result(0).partition(b":")
         assert data == payload(i), f"request {i} got someone else's answer"
         served[int(pid)] += 1
-    assert set(served) == pids, f"served by {served}, instances are {pids}"
+    assert set(served) == pids, \
+        f"served by {served}, instances are {pids}; events: {lifecycle(system)}"
     assert min(served.values()) >= N_SPREAD // 20, f"load not spread: {served}"
 
     stats = system.metrics()["tasks"]
@@ -51,16 +62,19 @@ def test_ten_thousand_concurrent_submits_are_answered_and_spread(system: SpearSy
 
 
 @pytest.mark.parametrize("retries", [0, 2])
-def test_kill_nine_mid_stream_ends_every_request(system: SpearSystem, retries: int) -> None:
+def test_kill_nine_mid_stream_ends_every_request(busy_system: SpearSystem, retries: int
+                                                 ) -> None:
+    system = busy_system
     ids = launch(system, "echo", ECHO, 3, max_concurrency=4)
-    victim = system.instance(ids[1])
-    assert victim.pid is not None
 
     futures = [system.submit("echo", payload(i), timeout=30, retries=retries)
                for i in range(N_KILL)]
     wait_until(lambda: sum(f.done() for f in futures) >= N_KILL // 5, timeout=WAIT,
                message="the stream to get going")
     outstanding = sum(not f.done() for f in futures)
+    victim = system.instance(ids[1])
+    assert victim.pid is not None and victim.restarts == 0, \
+        f"{victim} restarted under load by itself: {lifecycle(system)}"
     os.kill(victim.pid, signal.SIGKILL)
     assert outstanding > N_KILL // 4, "the kill should land mid-stream"
 
