@@ -206,6 +206,10 @@ class ForgetInstance:
 @dataclass(frozen=True)
 class InboundBatch:
     frames: list[Inbound]
+    """Frames the pump-thread fast path did not take."""
+    seen: frozenset[bytes] = frozenset()
+    """Every routing id that sent anything in the batch (all of it proves liveness)."""
+    at: float = 0.0
 
 
 @dataclass(frozen=True)

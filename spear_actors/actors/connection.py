@@ -106,8 +106,12 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case InboundBatch(frames):
-                self._inbound(frames)
+            case InboundBatch(frames, seen, at):
+                touch = self._protocol.touch
+                for routing_id in seen:  # answers taken by the fast path count as activity
+                    touch(routing_id, at)
+                if frames:
+                    self._inbound(frames)
             case ConnectionTick(now):
                 self._apply(self._protocol.tick(now), now)
                 self._flush(now)
@@ -164,10 +168,9 @@ class ConnectionActor(pykka.ThreadingActor):
         fast = self._fast_path
 
         def consume(frames: list[Inbound]) -> None:  # pump thread
-            if fast is not None:
-                frames = fast(frames)
-            if frames:
-                ref.tell(InboundBatch(frames))
+            seen = frozenset(frame.routing_id for frame in frames)
+            rest = fast(frames) if fast is not None else frames
+            ref.tell(InboundBatch(rest, seen, frames[0].received_at))
 
         pump = RouterPump(consume, self.config,
                           on_tick=lambda now: ref.tell(ConnectionTick(now)),

@@ -272,6 +272,14 @@ class ServerProtocol:
             out.extend(self._receive_authenticated(session, message, payload, now))
         return out
 
+    def touch(self, routing_id: bytes, now: float) -> None:
+        """Record that an authenticated peer was heard from, through a path that does not
+        feed its frames here (the execute-response fast path)."""
+        session = self._sessions.get(routing_id)
+        if session is not None and session.state is SessionState.AUTHENTICATED and \
+                now > session.last_activity:
+            session.last_activity = now
+
     def tick(self, now: float) -> list[Output]:
         """Enforce auth, heartbeat and idle deadlines. Call at least every ~100 ms."""
         out: list[Output] = []
