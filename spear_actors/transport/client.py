@@ -30,6 +30,7 @@ from ..protocol.client import (
     ServerClosed,
     SignalReceived,
 )
+from .wake import WakePipe
 
 __all__ = ["ENV_VARS", "Handler", "InstanceClient"]
 
@@ -80,10 +81,7 @@ class InstanceClient:
         self._requests: queue.SimpleQueue[RequestReceived | list[RequestReceived] | None] = \
             queue.SimpleQueue()
         self._replies: collections.deque[_Reply] = collections.deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._woken = False
+        self._wakeup = WakePipe()
         self._io_thread: threading.Thread | None = None
         self._poller = zmq.Poller()
         self._closing = False
@@ -171,7 +169,7 @@ class InstanceClient:
         sock = self._sock = self._new_socket()
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
-        self._poller.register(self._wake_r, zmq.POLLIN)
+        self._poller.register(self._wakeup.fd, zmq.POLLIN)
         # IMMEDIATE=1: a blocking send would wait forever for a peer; wait only until deadline
         remaining = deadline - time.monotonic()
         try:
@@ -243,15 +241,7 @@ class InstanceClient:
                     reply = _Reply(generation, request.request_id, False, b"",
                                    f"{type(exc).__name__}: {exc}")
                 self._replies.append(reply)
-            if not self._woken:
-                self._wake()
-
-    def _wake(self) -> None:
-        self._woken = True
-        try:
-            os.write(self._wake_w, b"\0")
-        except OSError:
-            pass
+            self._wakeup.wake()
 
     # -- closing -------------------------------------------------------------------------------
     def close(self, reason: str = "closed", timeout: float = 5.0) -> None:
@@ -262,18 +252,13 @@ class InstanceClient:
         if self.stop_reason is None:
             self.stop_reason = reason
         if self._io_thread is not None and self._io_thread.is_alive():
-            self._wake()
+            self._wakeup.wake()
             self._io_thread.join(timeout)
         else:
             self._shutdown_socket(reason)
         self._done.set()
         self._requests.put(None)
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._wake_r = self._wake_w = -1
+        self._wakeup.close()
 
     def __enter__(self) -> InstanceClient:
         return self
@@ -321,12 +306,8 @@ class InstanceClient:
         interval = session.heartbeat_interval or 1.0
         timeout = max(0.0, session.last_heartbeat_sent + interval - time.time())
         events = dict(self._poller.poll(int(min(timeout, interval) * 1000) + 1))
-        if self._wake_r in events:
-            try:
-                os.read(self._wake_r, 4096)
-            except OSError:
-                pass
-        self._woken = False
+        if self._wakeup.fd in events:
+            self._wakeup.drain()
         if self._replies:
             self._flush_replies()
         if sock in events:

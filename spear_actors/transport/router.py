@@ -12,7 +12,6 @@ written from any thread). Nothing a peer sends can stop the pump.
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +23,7 @@ from .._log import log_exception, logger
 from ..config import ConnectionConfig
 from ..errors import TransportError
 from .endpoints import BoundEndpoint, bind_listener, release_endpoint
+from .wake import WakePipe
 
 __all__ = ["Inbound", "RouterPump"]
 
@@ -63,10 +63,7 @@ class RouterPump:
         self._hwm = hwm
         self._name = name
         self._outbox: collections.deque[tuple[bytes, bytes]] = collections.deque()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._woken = False
+        self._wakeup = WakePipe()
         self._stopping = False
         self._started = threading.Event()
         self._start_error: BaseException | None = None
@@ -110,14 +107,12 @@ class RouterPump:
     def send(self, routing_id: bytes, body: bytes) -> None:
         """Queue one frame for ``routing_id`` (thread-safe, never blocks)."""
         self._outbox.append((routing_id, body))
-        if not self._woken:
-            self._wake()
+        self._wakeup.wake()
 
     def send_many(self, frames: Iterable[tuple[bytes, bytes]]) -> None:
         """Queue several frames with one wake-up."""
         self._outbox.extend(frames)
-        if not self._woken:
-            self._wake()
+        self._wakeup.wake()
 
     def forget(self, routing_id: bytes) -> None:
         """The owner no longer tracks this peer; its address is reported again if it returns."""
@@ -128,16 +123,11 @@ class RouterPump:
         self._stopping = True
         thread = self._thread
         if thread is not None and thread.is_alive():
-            self._wake()
+            self._wakeup.wake()
             thread.join(timeout)
             if thread.is_alive():
                 logger.error("router pump did not stop within {} s", timeout)
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._wake_r = self._wake_w = -1
+        self._wakeup.close()
 
     def __enter__(self) -> RouterPump:
         self.start()
@@ -145,13 +135,6 @@ class RouterPump:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    def _wake(self) -> None:
-        self._woken = True
-        try:
-            os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # pipe full (already woken) or closed (stopping)
 
     # -- pump thread ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -189,17 +172,13 @@ class RouterPump:
     def _loop(self, sock: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self._wakeup.fd, zmq.POLLIN)
         next_tick = time.monotonic() + self._tick_interval
         while not self._stopping:
             timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
             events = dict(poller.poll(timeout_ms))
-            if self._wake_r in events:
-                try:
-                    os.read(self._wake_r, 4096)
-                except BlockingIOError:
-                    pass
-            self._woken = False
+            if self._wakeup.fd in events:
+                self._wakeup.drain()
             if self._outbox:
                 self._flush(sock)
             if sock in events:
