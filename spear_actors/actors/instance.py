@@ -252,6 +252,10 @@ class InstanceActor(pykka.ThreadingActor):
         deps = self._deps
         safe_tell(deps.connection, ForgetInstance(self.instance_id, self.generation, "exited"))
         safe_tell(deps.monitor, TrackProcess(self.instance_id, None))
+        if self._proc is not None:
+            # whatever the instance left behind (children that outlived it) dies with it,
+            # before the supervisor starts the next generation; instant when nothing is left
+            self._proc.kill_tree()
         if self._stopping:
             reason, abnormal = "stopped", False
         elif self._exit_reason is not None:
