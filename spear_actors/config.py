@@ -68,6 +68,9 @@ class ConnectionConfig:
     port_range_end: int | None = None
     ipc_dir: str | None = None
     """Directory for ``ipc`` endpoints (created 0700); default: a private temp dir."""
+    per_instance_listeners: bool = False
+    """Give every instance a ROUTER of its own (own port or ipc path) that accepts only that
+    instance's auth (the seed's port isolation); the main listener then refuses them."""
     allow_remote: bool = False
     """Binding beyond loopback is refused unless this is set (and CURVE keys are given)."""
     curve_secret_key: str | None = field(default=None, repr=False)

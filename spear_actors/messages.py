@@ -197,6 +197,15 @@ class ExpectInstance:
 
 
 @dataclass(frozen=True)
+class OpenListener:
+    """ask -> {"endpoint", "port", "transport"} of a dedicated listener for the instance
+    (per_instance_listeners); it closes with the generation's ForgetInstance."""
+
+    instance_id: str
+    generation: int
+
+
+@dataclass(frozen=True)
 class ForgetInstance:
     instance_id: str
     generation: int

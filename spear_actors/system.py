@@ -106,7 +106,8 @@ class SpearSystem:
                           tasks=tasks, scheduler=self._scheduler, watcher=self._watcher,
                           listener=ListenerInfo(self.endpoint, self.port,
                                                 listening["transport"],
-                                                cfg.connection.curve_public_key))
+                                                cfg.connection.curve_public_key,
+                                                cfg.connection.per_instance_listeners))
         runtime.tell(self._deps)
         self._deadline_timer = start_deadline_checks(self._scheduler, tasks)
         logger.info("spear system up on {}", self.endpoint)

@@ -9,6 +9,7 @@ go to the TaskExecutionManager in one message per batch.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,6 +31,7 @@ from ..messages import (
     ForgetInstance,
     InboundBatch,
     ListConnections,
+    OpenListener,
     RecordEvent,
     RecordMessages,
     SendFailed,
@@ -83,7 +85,10 @@ class ConnectionActor(pykka.ThreadingActor):
             auth_timeout=config.auth_timeout,
             connection_timeout=config.connection_timeout,
             max_pending=config.max_pending,
-            max_message_size=config.max_message_size), self._policy, wall_clock=time.time)
+            max_message_size=config.max_message_size), self._policy, wall_clock=time.time,
+            auth_scope=self._auth_scope if config.per_instance_listeners else None)
+        self._listener_of: dict[str, tuple[bytes, int]] = {}  # instance -> (tag, generation)
+        self._owner_of_tag: dict[bytes, str] = {}
         self._instances: dict[str, tuple[pykka.ActorRef[Any], int]] = {}
         self._pump: RouterPump | None = None
         self._sends: list[tuple[bytes, bytes]] = []
@@ -121,7 +126,12 @@ class ConnectionActor(pykka.ThreadingActor):
                 self._policy.expect(instance_id, secret)
                 self._instances[instance_id] = (ref, generation)
                 self._flush(now)
+            case OpenListener(instance_id, generation):
+                return self._open_listener(instance_id, generation)
             case ForgetInstance(instance_id, generation, reason):
+                own = self._listener_of.get(instance_id)
+                if own is not None and own[1] == generation:
+                    self._close_listener(instance_id)
                 current = self._instances.get(instance_id)
                 if current is not None and current[1] == generation:
                     del self._instances[instance_id]
@@ -182,6 +192,32 @@ class ConnectionActor(pykka.ThreadingActor):
         self._log.info("listening on {}", pump.endpoint)
         return {"endpoint": pump.endpoint, "port": pump.port, "transport": pump.bound.transport,
                 "sender": pump.send_many}
+
+    # -- dedicated listeners (per_instance_listeners) --------------------------------------------
+    def _auth_scope(self, routing_id: bytes, instance_id: str) -> bool:
+        tag = RouterPump.listener_tag(routing_id)
+        if tag is None:  # the main listener serves only instances without one of their own
+            return instance_id not in self._listener_of
+        return self._owner_of_tag.get(tag) == instance_id
+
+    def _open_listener(self, instance_id: str, generation: int) -> dict[str, Any]:
+        if self._pump is None or not self.config.per_instance_listeners:
+            raise TransportError("dedicated listeners are not enabled")
+        if instance_id in self._listener_of:
+            self._close_listener(instance_id)
+        tag = secrets.token_bytes(4)
+        while tag in self._owner_of_tag:
+            tag = secrets.token_bytes(4)
+        bound = self._pump.add_listener(tag).result(timeout=10.0)
+        self._listener_of[instance_id] = (tag, generation)
+        self._owner_of_tag[tag] = instance_id
+        return {"endpoint": bound.endpoint, "port": bound.port, "transport": bound.transport}
+
+    def _close_listener(self, instance_id: str) -> None:
+        tag, _ = self._listener_of.pop(instance_id)
+        self._owner_of_tag.pop(tag, None)
+        if self._pump is not None:
+            self._pump.remove_listener(tag)  # its peers are gone with it
 
     # -- traffic -------------------------------------------------------------------------------
     def _inbound(self, frames: list[Inbound]) -> None:

@@ -46,6 +46,8 @@ class ListenerInfo:
     port: int | None
     transport: str
     curve_public_key: str | None = None
+    per_instance: bool = False
+    """Each instance gets a listener of its own (ask the ConnectionActor: OpenListener)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from dataclasses import replace
+from typing import Any, cast
 
 import pykka
 
@@ -34,6 +35,7 @@ from ..messages import (
     InstanceRoute,
     InstanceUpdated,
     KillProcess,
+    OpenListener,
     ProcessExited,
     RecordEvent,
     SendSignal,
@@ -128,13 +130,18 @@ class InstanceActor(pykka.ThreadingActor):
         self._set_state(InstanceState.STARTING)
         deps.connection.tell(ExpectInstance(self.instance_id, self._secret, self.actor_ref,
                                             self.generation))
+        listener = deps.listener
+        if listener.per_instance:
+            own: dict[str, Any] = cast(dict[str, Any], deps.connection.ask(
+                OpenListener(self.instance_id, self.generation), timeout=10.0))
+            listener = replace(listener, endpoint=own["endpoint"], port=own["port"])
         extra = dict(self.config.env)
         extra.setdefault("SPEAR_MAX_CONCURRENCY", str(self.config.max_concurrency))
-        if deps.listener.curve_public_key:
-            extra["SPEAR_CURVE_SERVER_KEY"] = deps.listener.curve_public_key
+        if listener.curve_public_key:
+            extra["SPEAR_CURVE_SERVER_KEY"] = listener.curve_public_key
         env = build_env(instance_id=self.instance_id, secret=self._secret,
-                        port=deps.listener.port, endpoint=deps.listener.endpoint,
-                        transport=deps.listener.transport, extra=extra,
+                        port=listener.port, endpoint=listener.endpoint,
+                        transport=listener.transport, extra=extra,
                         inherit_env=self.config.inherit_env)
         ref = self.actor_ref
         holder: list[int] = []

@@ -32,6 +32,7 @@ class AuthVerdict(enum.Enum):
     REJECTED_BY_VALIDATOR = "rejected_by_validator"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     THROTTLED = "throttled"
+    WRONG_LISTENER = "wrong_listener"
 
 
 @dataclass(slots=True)

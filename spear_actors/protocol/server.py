@@ -192,9 +192,13 @@ class ServerProtocol:
 
     def __init__(self, settings: ServerSettings, policy: AuthPolicy,
                  wall_clock: Callable[[], float] | None = None,
-                 new_connection_id: Callable[[], str] | None = None) -> None:
+                 new_connection_id: Callable[[], str] | None = None,
+                 auth_scope: Callable[[bytes, str], bool] | None = None) -> None:
         self.settings = settings
         self.policy = policy
+        self._auth_scope = auth_scope
+        """(routing_id, instance_id) -> may this peer authenticate as that instance at all?
+        (dedicated listeners accept only their own instance)"""
         self._wall = wall_clock
         self._sessions: dict[bytes, ServerSession] = {}
         self._by_instance: dict[str, ServerSession] = {}
@@ -380,9 +384,13 @@ class ServerProtocol:
                                    "authenticate first", now, message.request_id))
             return out
         previous = self._by_instance.get(payload.instance_id)
-        verdict = self.policy.check(payload.instance_id, payload.token,
-                                    self.authenticated_count, now,
-                                    replacing=previous is not None)
+        if self._auth_scope is not None and not self._auth_scope(session.routing_id,
+                                                                  payload.instance_id):
+            verdict = AuthVerdict.WRONG_LISTENER
+        else:
+            verdict = self.policy.check(payload.instance_id, payload.token,
+                                        self.authenticated_count, now,
+                                        replacing=previous is not None)
         if verdict is not AuthVerdict.OK:
             return self._refuse(session, message, payload, verdict, now)
         out = []

@@ -15,6 +15,8 @@ import collections
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import replace
 from typing import NamedTuple
 
 import zmq
@@ -29,6 +31,11 @@ __all__ = ["Inbound", "RouterPump"]
 
 MAX_BATCH = 2048
 DEFAULT_HWM = 100_000
+LISTENER_MARK = 0xFF
+"""Routing ids of peers on an extra listener read ``0xFF + tag (4 bytes) + ZeroMQ id``.
+Ids ZeroMQ assigns start with a zero byte, so on the main listener a peer-chosen id starting
+with 0xFF could only be an impersonation attempt: such frames are dropped and counted."""
+TAG_SIZE = 4
 
 
 class Inbound(NamedTuple):
@@ -69,6 +76,10 @@ class RouterPump:
         self._start_error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._known: set[bytes] = set()
+        self._control: collections.deque[tuple[str, bytes, Future[BoundEndpoint]]] = \
+            collections.deque()
+        self._extra: dict[bytes, tuple[zmq.Socket[bytes], BoundEndpoint]] = {}
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None  # the pump thread's
         self.bound: BoundEndpoint | None = None
         self.counters: dict[str, int] = collections.defaultdict(int)
         """frames_in, frames_out, send_failed, multipart, consumer_errors, ..."""
@@ -114,6 +125,31 @@ class RouterPump:
         self._outbox.extend(frames)
         self._wakeup.wake()
 
+    def add_listener(self, tag: bytes) -> Future[BoundEndpoint]:
+        """Bind one more ROUTER (a dedicated listener) like the main one but on a port (or
+        ipc path) of its own; its peers' routing ids carry ``tag``. Any thread; the pump
+        thread does the binding and resolves the future (TransportError on failure)."""
+        if len(tag) != TAG_SIZE:
+            raise ValueError(f"a listener tag is {TAG_SIZE} bytes")
+        future: Future[BoundEndpoint] = Future()
+        self._control.append(("add", tag, future))
+        self._wakeup.wake()
+        return future
+
+    def remove_listener(self, tag: bytes) -> Future[BoundEndpoint]:
+        """Close a dedicated listener (its peers are cut off). Any thread."""
+        future: Future[BoundEndpoint] = Future()
+        self._control.append(("remove", tag, future))
+        self._wakeup.wake()
+        return future
+
+    @staticmethod
+    def listener_tag(routing_id: bytes) -> bytes | None:
+        """The tag of the dedicated listener a routing id came through (None: main)."""
+        if routing_id[:1] == b"\xff":
+            return routing_id[1:1 + TAG_SIZE]
+        return None
+
     def forget(self, routing_id: bytes) -> None:
         """The owner no longer tracks this peer; its address is reported again if it returns."""
         self._known.discard(routing_id)
@@ -139,17 +175,10 @@ class RouterPump:
     # -- pump thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         ctx = zmq.Context()
+        self._ctx = ctx
         sock: zmq.Socket[bytes] | None = None
         try:
-            sock = ctx.socket(zmq.ROUTER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
-            sock.setsockopt(zmq.SNDHWM, self._hwm)
-            sock.setsockopt(zmq.RCVHWM, self._hwm)
-            if self.config.curve_secret_key:
-                sock.curve_server = True
-                sock.curve_secretkey = self.config.curve_secret_key.encode()
+            sock = self._router_socket()
             self.bound = bind_listener(sock, self.config, self._name)
         except BaseException as exc:
             self._start_error = exc if isinstance(exc, Exception) else TransportError(str(exc))
@@ -166,32 +195,91 @@ class RouterPump:
             log_exception(logger, "router pump crashed")
         finally:
             sock.close(linger=100)  # let final CONNECTION_CLOSE frames out
+            for extra, bound in self._extra.values():
+                extra.close(linger=100)
+                release_endpoint(bound)
+            self._extra.clear()
+            for _, _, future in self._control:
+                if not future.done():
+                    future.set_exception(TransportError("the router pump stopped"))
             ctx.term()
             release_endpoint(self.bound)
+
+    def _router_socket(self) -> zmq.Socket[bytes]:
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
+        sock.setsockopt(zmq.SNDHWM, self._hwm)
+        sock.setsockopt(zmq.RCVHWM, self._hwm)
+        if self.config.curve_secret_key:
+            sock.curve_server = True
+            sock.curve_secretkey = self.config.curve_secret_key.encode()
+        return sock
 
     def _loop(self, sock: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wakeup.fd, zmq.POLLIN)
+        extra_prefix: dict[zmq.Socket[bytes], bytes] = {}
         next_tick = time.monotonic() + self._tick_interval
         while not self._stopping:
             timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
             events = dict(poller.poll(timeout_ms))
             if self._wakeup.fd in events:
                 self._wakeup.drain()
+                if self._control:
+                    self._apply_control(poller, extra_prefix)
             if self._outbox:
                 self._flush(sock)
             if sock in events:
-                self._drain(sock)
-                if self._outbox:  # consumers often answer synchronously
-                    self._flush(sock)
+                self._drain(sock, b"")
+            for extra, prefix in extra_prefix.items():
+                if extra in events:
+                    self._drain(extra, prefix)
+            if self._outbox:  # consumers often answer synchronously
+                self._flush(sock)
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + self._tick_interval
                 if self._on_tick is not None:
                     self._call(self._on_tick, now)
 
-    def _drain(self, sock: zmq.Socket[bytes]) -> None:
+    def _apply_control(self, poller: zmq.Poller,
+                       extra_prefix: dict[zmq.Socket[bytes], bytes]) -> None:
+        while self._control:
+            op, tag, future = self._control.popleft()
+            try:
+                if op == "add":
+                    if tag in self._extra:
+                        raise TransportError(f"listener {tag.hex()} exists already")
+                    extra = self._router_socket()
+                    try:
+                        config = replace(self.config, port=0) \
+                            if self.config.transport == "tcp" else self.config
+                        bound = bind_listener(extra, config, f"{self._name}-{tag.hex()}")
+                    except BaseException:
+                        extra.close(0)
+                        raise
+                    self._extra[tag] = (extra, bound)
+                    extra_prefix[extra] = b"\xff" + tag
+                    poller.register(extra, zmq.POLLIN)
+                    future.set_result(bound)
+                else:
+                    entry = self._extra.pop(tag, None)
+                    if entry is None:
+                        raise TransportError(f"no listener {tag.hex()}")
+                    poller.unregister(entry[0])
+                    extra_prefix.pop(entry[0], None)
+                    entry[0].close(linger=100)
+                    release_endpoint(entry[1])
+                    future.set_result(entry[1])
+            except Exception as exc:
+                future.set_exception(exc if isinstance(exc, TransportError | ValueError)
+                                     else TransportError(str(exc)))
+
+    def _drain(self, sock: zmq.Socket[bytes], prefix: bytes) -> None:
         batch: list[Inbound] = []
         known = self._known
         now = time.monotonic()
@@ -201,6 +289,13 @@ class RouterPump:
             except zmq.Again:
                 break
             routing_id = rid_frame.bytes
+            if prefix:
+                routing_id = prefix + routing_id
+            elif routing_id[:1] == b"\xff" and self._extra:
+                while sock.rcvmore:  # would pass for a dedicated listener's peer: refuse
+                    sock.recv(zmq.NOBLOCK)
+                self.counters["impersonation"] += 1
+                continue
             body = sock.recv(zmq.NOBLOCK) if sock.rcvmore else b""
             if sock.rcvmore:  # the contract is one frame per message: refuse the rest
                 while sock.rcvmore:
@@ -221,12 +316,20 @@ class RouterPump:
 
     def _flush(self, sock: zmq.Socket[bytes]) -> None:
         outbox = self._outbox
+        extra = self._extra
         sent = 0
         while outbox:
             routing_id, body = outbox.popleft()
+            target, zmq_id = sock, routing_id
+            if extra and routing_id[:1] == b"\xff":
+                entry = extra.get(routing_id[1:1 + TAG_SIZE])
+                if entry is None:  # its listener is closed
+                    self._send_failed(routing_id, body, "unreachable")
+                    continue
+                target, zmq_id = entry[0], routing_id[1 + TAG_SIZE:]
             try:
-                sock.send(routing_id, zmq.SNDMORE | zmq.NOBLOCK)
-                sock.send(body, zmq.NOBLOCK)
+                target.send(zmq_id, zmq.SNDMORE | zmq.NOBLOCK)
+                target.send(body, zmq.NOBLOCK)
                 sent += 1
             except zmq.Again:  # peer's pipe full (slow consumer): drop, never block
                 self._send_failed(routing_id, body, "peer_backlogged")
