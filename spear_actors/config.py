@@ -92,6 +92,26 @@ class ConnectionConfig:
             raise ConfigError("ConnectionConfig.port_range_end must be between port and 65535")
         if self.secret_validator is not None and not callable(self.secret_validator):
             raise ConfigError("ConnectionConfig.secret_validator must be callable")
+        _check_curve_keys(self.curve_secret_key, self.curve_public_key)
+
+
+_Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                 ".-:+=^!/*?&<>()[]{}@%$#")
+
+
+def _check_curve_keys(secret: str | None, public: str | None) -> None:
+    """CURVE keys come as a pair of 40-character Z85 strings (``zmq.curve_keypair()``): the
+    listener needs the secret key, its instances the public one. A half pair or a malformed
+    key used to surface only at bind time (a hung start) or as instances that never connect.
+    """
+    if (secret is None) != (public is None):
+        raise ConfigError("ConnectionConfig.curve_secret_key and curve_public_key go together "
+                          "(the listener needs the secret key, instances the public key)")
+    for name, key in (("curve_secret_key", secret), ("curve_public_key", public)):
+        if key is not None and (not isinstance(key, str) or len(key) != 40
+                                or not set(key) <= _Z85):
+            raise ConfigError(f"ConnectionConfig.{name} must be a 40-character Z85 key "
+                              "(as zmq.curve_keypair() makes)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -182,9 +182,9 @@ class RouterPump:
             self.bound = bind_listener(sock, self.config, self._name)
         except BaseException as exc:
             self._start_error = exc if isinstance(exc, Exception) else TransportError(str(exc))
-            if sock is not None:
-                sock.close(0)
-            ctx.term()
+            # destroy, not term: a socket _router_socket() made before failing is not ``sock``
+            # yet, and term() would wait for it forever
+            ctx.destroy(linger=0)
             self._started.set()
             return
         self._started.set()
