@@ -11,7 +11,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .config import InstanceConfig, ResourceLimits
 from .records import InstanceInfo, InstanceState
@@ -216,9 +216,6 @@ class ForgetInstance:
 class InboundBatch:
     frames: list[Inbound]
     """Frames the pump-thread fast path did not take."""
-    seen: frozenset[bytes] = frozenset()
-    """Every routing id that sent anything in the batch (all of it proves liveness)."""
-    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -344,11 +341,8 @@ class ExecuteResponses:
 
 @dataclass(frozen=True)
 class Completed:
-    """(request_id, instance_id, latency) of requests the pump-thread fast path resolved."""
-
-    items: Sequence[tuple[int, str, float]]
-    size: int
-    time: float
+    """Wake-up: the fast path resolved requests while the manager has work queued (the
+    completions themselves wait in the fast path's deque)."""
 
 
 @dataclass(frozen=True)
@@ -361,9 +355,9 @@ class CheckDeadlines:
     pass
 
 
-@dataclass(frozen=True)
-class Submission:
-    """One execute call waiting for an instance (not a message by itself: queued in bulk)."""
+class Submission(NamedTuple):
+    """One execute call waiting for an instance (not a message by itself: queued in bulk;
+    a NamedTuple because one is built per call on the caller's thread)."""
 
     target: str
     method: str

@@ -275,8 +275,7 @@ class SpearSystem:
             raise SpearError("the system is not running")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("data must be bytes")
-        future: Future[bytes] = Future()
-        future.set_running_or_notify_cancel()
+        future: Future[bytes] = Future()  # cancel() just stops the wait: the work still runs
         self._intake.put(Submission(target, method, bytes(data),
                                     DEFAULT_EXECUTE_TIMEOUT if timeout is None else timeout,
                                     retries, future, time.monotonic()))

@@ -90,6 +90,9 @@ class ConnectionActor(pykka.ThreadingActor):
         self._listener_of: dict[str, tuple[bytes, int]] = {}  # instance -> (tag, generation)
         self._owner_of_tag: dict[bytes, str] = {}
         self._instances: dict[str, tuple[pykka.ActorRef[Any], int]] = {}
+        self._seen: dict[bytes, float] = {}
+        """routing id -> last frame time, written by the pump thread, read on each tick (a
+        touch lost to the race is harmless: heartbeats come every interval)."""
         self._pump: RouterPump | None = None
         self._sends: list[tuple[bytes, bytes]] = []
         self._opened = self._closed = self._auth_failures = 0
@@ -111,13 +114,10 @@ class ConnectionActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         match message:
-            case InboundBatch(frames, seen, at):
-                touch = self._protocol.touch
-                for routing_id in seen:  # answers taken by the fast path count as activity
-                    touch(routing_id, at)
-                if frames:
-                    self._inbound(frames)
+            case InboundBatch(frames):
+                self._inbound(frames)
             case ConnectionTick(now):
+                self._touch_seen()
                 self._apply(self._protocol.tick(now), now)
                 self._flush(now)
             case ExpectInstance(instance_id, secret, ref, generation):
@@ -177,10 +177,14 @@ class ConnectionActor(pykka.ThreadingActor):
         ref = self.actor_ref
         fast = self._fast_path
 
+        seen = self._seen
+
         def consume(frames: list[Inbound]) -> None:  # pump thread
-            seen = frozenset(frame.routing_id for frame in frames)
+            for frame in frames:  # every frame proves liveness, fast-path answers included
+                seen[frame.routing_id] = frame.received_at
             rest = fast(frames) if fast is not None else frames
-            ref.tell(InboundBatch(rest, seen, frames[0].received_at))
+            if rest:
+                ref.tell(InboundBatch(rest))
 
         pump = RouterPump(consume, self.config,
                           on_tick=lambda now: ref.tell(ConnectionTick(now)),
@@ -192,6 +196,14 @@ class ConnectionActor(pykka.ThreadingActor):
         self._log.info("listening on {}", pump.endpoint)
         return {"endpoint": pump.endpoint, "port": pump.port, "transport": pump.bound.transport,
                 "sender": pump.send_many}
+
+    def _touch_seen(self) -> None:
+        seen = self._seen
+        items = list(seen.items())
+        seen.clear()
+        touch = self._protocol.touch
+        for routing_id, at in items:
+            touch(routing_id, at)
 
     # -- dedicated listeners (per_instance_listeners) --------------------------------------------
     def _auth_scope(self, routing_id: bytes, instance_id: str) -> bool:

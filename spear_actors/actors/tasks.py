@@ -30,7 +30,6 @@ from ..errors import (
     ExecutionError,
     InstanceFailed,
     NoInstanceAvailable,
-    RemoteProtocolError,
     TimeoutError,
 )
 from ..messages import (
@@ -44,8 +43,7 @@ from ..messages import (
     RecordMessages,
     Submission,
 )
-from ..protocol.codec import decode, decode_payload, pack_execute_request
-from ..protocol.types import ExecuteResponse, MessageType
+from ..protocol.codec import pack_execute_request, peek_execute_response
 from ..records import InstanceState
 from ..transport.router import Inbound
 
@@ -136,7 +134,8 @@ class ResponseFastPath:
     an entry first (this fast path, or the manager expiring or failing it) owns its outcome,
     and ``dict.pop`` is atomic, so each request ends exactly once. Only a response from the
     routing id the request was sent to is taken; anything else goes on to the ConnectionActor
-    untouched. Completions reach the manager in one ``Completed`` message per batch.
+    untouched. Completions wait in :attr:`completions` until the manager's next message; it
+    is woken for them (``Completed``) only while it has requests queued for free slots.
     Future callbacks therefore run in the pump thread: keep them short.
     """
 
@@ -145,45 +144,45 @@ class ResponseFastPath:
         self.table = table
         self._manager = manager
         self._max = max_message_size
+        self.completions: collections.deque[tuple[int, str, float, int]] = \
+            collections.deque()
+        """(request id, instance id, latency, response bytes) for the manager to account."""
+        self.wake_manager = False
+        """Set by the manager while requests wait in its queues for a free slot."""
 
     def __call__(self, frames: list[Inbound]) -> list[Inbound]:
         table = self.table
         rest: list[Inbound] = []
-        done: list[tuple[int, str, float]] = []
-        size = 0
+        done: list[tuple[int, str, float, int]] = []
+        resolved: list[tuple[_Request, tuple[int, bool, bytes, str | None]]] = []
         now = time.monotonic()
+        peek, limit = peek_execute_response, self._max
         for frame in frames:
-            try:
-                message = decode(frame.body, self._max)
-            except RemoteProtocolError:
-                rest.append(frame)
+            answer = peek(frame.body, limit)
+            request = table.get(answer[0]) if answer is not None else None
+            if request is None or request.routing_id != frame.routing_id or \
+                    table.pop(answer[0], None) is not request:  # type: ignore[index]
+                rest.append(frame)  # not ours to take: the ConnectionActor decides
                 continue
-            request = table.get(message.request_id) \
-                if message.message_type is MessageType.EXECUTE_RESPONSE else None
-            if request is None or request.routing_id != frame.routing_id:
-                rest.append(frame)
-                continue
-            try:
-                payload = decode_payload(message, self._max)
-            except RemoteProtocolError:
-                rest.append(frame)
-                continue
-            assert isinstance(payload, ExecuteResponse)
-            if table.pop(message.request_id, None) is not request:
-                rest.append(frame)  # expired meanwhile: the manager counts it as late
-                continue
-            if payload.ok:
-                _resolve(request.submission.future, payload.data)
-            else:
-                _fail(request.submission.future, ExecutionError(
-                    payload.error or "the handler failed", request.instance_id))
-            done.append((message.request_id, request.instance_id, now - request.sent_at))
-            size += len(frame.body)
+            assert answer is not None
+            done.append((answer[0], request.instance_id or "", now - request.sent_at,
+                         len(frame.body)))
+            resolved.append((request, answer))
         if done:
-            try:
-                self._manager.tell(Completed(done, size, now))
-            except pykka.ActorDeadError:
-                pass
+            # account first, resolve second: a caller woken by its answer that submits again
+            # at once must find the slot already free
+            self.completions.extend(done)
+            for request, (_, ok, data, error) in resolved:
+                if ok:
+                    _resolve(request.submission.future, data)
+                else:
+                    _fail(request.submission.future, ExecutionError(
+                        error or "the handler failed", request.instance_id))
+            if self.wake_manager:
+                try:
+                    self._manager.tell(Completed())
+                except pykka.ActorDeadError:
+                    pass
         return rest
 
 
@@ -208,8 +207,9 @@ class TaskExecutionManager(pykka.ThreadingActor):
         self._deadlines: list[tuple[float, int, _Request]] = []  # heap; stale entries skipped
         self._seq = itertools.count()
         self._frames: list[tuple[bytes, bytes]] = []
-        self._latencies: list[float] = []
-        self._out_bytes = 0
+        self._fast: ResponseFastPath | None = None
+        self._latencies: list[float] = []  # reported to the monitor on the deadline tick
+        self._out_count = self._out_bytes = self._in_count = self._in_bytes = 0
         self._closed = False
         self.counters: collections.Counter[str] = collections.Counter()
         self._log = logger.bind(actor="tasks")
@@ -220,12 +220,23 @@ class TaskExecutionManager(pykka.ThreadingActor):
     def fast_path(self, max_message_size: int) -> ResponseFastPath:
         """The pump-thread response resolver sharing this manager's table (call before
         the manager starts serving; the table object never changes)."""
-        return ResponseFastPath(self._pending, self.actor_ref, max_message_size)
+        self._fast = ResponseFastPath(self._pending, self.actor_ref, max_message_size)
+        return self._fast
 
     def on_stop(self) -> None:
         self._shutdown("the system is shutting down")
 
     def on_receive(self, message: Any) -> Any:
+        fast = self._fast
+        if fast is not None and fast.completions:
+            self._completed(time.monotonic())
+        try:
+            return self._handle(message)
+        finally:
+            if fast is not None:
+                fast.wake_manager = bool(self._queues)
+
+    def _handle(self, message: Any) -> Any:
         match message:
             case DrainSubmissions():
                 now = time.monotonic()
@@ -235,18 +246,19 @@ class TaskExecutionManager(pykka.ThreadingActor):
             case ExecuteResponses(responses, at):
                 self._answers(responses, at)
                 self._flush()
-            case Completed(items, size, at):
-                self._completed(items, size, at)
-                self._flush()
+            case Completed():
+                self._flush()  # completions were taken above
             case InstanceRoute(instance_id, task_id, routing_id, window, state):
                 self._route(instance_id, task_id, routing_id, window, state)
                 self._flush()
             case CheckDeadlines():
                 self._expire(time.monotonic())
                 self._flush()
+                self._report()
             case ("sender", sender):
                 self._sender = sender
             case "stats":
+                self._report()
                 return self._stats()
             case "shutdown":
                 self._shutdown("the system is shutting down")
@@ -258,8 +270,6 @@ class TaskExecutionManager(pykka.ThreadingActor):
     def _admit(self, item: Submission, now: float) -> None:
         if self._closed:
             _fail(item.future, NoInstanceAvailable("the system is shutting down"))
-            return
-        if item.future.cancelled():
             return
         target = item.target
         if target not in self._instances and target not in self._tasks:
@@ -279,10 +289,12 @@ class TaskExecutionManager(pykka.ThreadingActor):
 
     def _dispatch(self, request: _Request, now: float) -> bool:
         best: _Instance | None = None
+        most = 0
         for inst in self._candidates(request.submission.target):
-            free = inst.free
-            if free > 0 and (best is None or free > best.free):
-                best = inst
+            if inst.routing_id is not None:
+                free = inst.window - len(inst.in_flight)
+                if free > most:
+                    best, most = inst, free
         if best is None:
             return False
         self._send(request, best, now)
@@ -322,7 +334,7 @@ class TaskExecutionManager(pykka.ThreadingActor):
         for target, queue in list(self._queues.items()):
             while queue:
                 request = queue[0]
-                if request.expired or request.submission.future.cancelled():
+                if request.expired:
                     queue.popleft()
                     continue
                 if not self._dispatch(request, now):
@@ -335,13 +347,22 @@ class TaskExecutionManager(pykka.ThreadingActor):
     def _flush(self) -> None:
         if self._frames:
             frames, self._frames = self._frames, []
+            self._out_count += len(frames)
             if self._sender is not None:
                 self._sender(frames)
-            self._monitor.tell(RecordMessages(
-                [("EXECUTE_REQUEST", "out", self._out_bytes, len(frames))], time.time()))
-            self._out_bytes = 0
+
+    def _report(self) -> None:
+        """Hand the monitor what accumulated (on the deadline tick, not per request: the
+        monitor's thread waking per request would compete with the callers)."""
+        now = time.time()
+        stats = [(name, direction, size, count) for name, direction, size, count in (
+            ("EXECUTE_REQUEST", "out", self._out_bytes, self._out_count),
+            ("EXECUTE_RESPONSE", "in", self._in_bytes, self._in_count)) if count]
+        if stats:
+            self._monitor.tell(RecordMessages(stats, now))
+            self._out_count = self._out_bytes = self._in_count = self._in_bytes = 0
         if self._latencies:
-            self._monitor.tell(RecordLatencies(self._latencies, time.time()))
+            self._monitor.tell(RecordLatencies(self._latencies, now))
             self._latencies = []
 
     # -- answers -------------------------------------------------------------------------------
@@ -381,15 +402,20 @@ class TaskExecutionManager(pykka.ThreadingActor):
         if self._queues:
             self._drain_queues(at)
 
-    def _completed(self, items: Sequence[tuple[int, str, float]], size: int, at: float) -> None:
+    def _completed(self, at: float) -> None:
         """Requests the fast path resolved: free their slots, record their latency."""
-        for request_id, instance_id, latency in items:
-            inst = self._instances.get(instance_id)
+        assert self._fast is not None
+        completions = self._fast.completions
+        instances = self._instances
+        latencies = self._latencies
+        while completions:
+            request_id, instance_id, latency, size = completions.popleft()
+            inst = instances.get(instance_id)
             if inst is not None:
                 inst.in_flight.pop(request_id, None)
-            self._latencies.append(latency)
-        self._monitor.tell(RecordMessages([("EXECUTE_RESPONSE", "in", size, len(items))],
-                                          time.time()))
+            latencies.append(latency)
+            self._in_count += 1
+            self._in_bytes += size
         if self._queues:
             self._drain_queues(at)
 

@@ -43,6 +43,7 @@ __all__ = [
     "pack",
     "pack_execute_request",
     "pack_execute_response",
+    "peek_execute_response",
 ]
 
 DEFAULT_MAX_SIZE = 16 << 20
@@ -239,6 +240,37 @@ def decode(body: bytes, max_size: int = DEFAULT_MAX_SIZE) -> SpearMessage:
     if type(payload) is not bytes:
         _bad("payload must be bin")
     return _message(message_type, request_id, timestamp, payload, version)
+
+
+def peek_execute_response(body: bytes, max_size: int = DEFAULT_MAX_SIZE
+                          ) -> tuple[int, bool, bytes, str | None] | None:
+    """``(request_id, ok, data, error)`` if ``body`` is a well-formed EXECUTE_RESPONSE of the
+    supported version, else None (the caller then takes the strict path, which reports
+    what is wrong). One pass, no records: the server's hottest inbound frame."""
+    if len(body) > max_size:
+        return None
+    try:
+        obj = _unpack(body, max_size)
+        if type(obj) is not dict or obj.keys() != _ENVELOPE_KEYS or \
+                obj["message_type"] != 4 or type(obj["message_type"]) is not int or \
+                obj["version"] not in SUPPORTED_VERSIONS or type(obj["version"]) is not int:
+            return None
+        request_id, timestamp, payload = obj["request_id"], obj["timestamp"], obj["payload"]
+        if type(request_id) is not int or not 0 <= request_id <= MAX_REQUEST_ID or \
+                type(payload) is not bytes or not (
+                    (type(timestamp) is float and timestamp - timestamp == 0.0)
+                    or type(timestamp) is int):
+            return None
+        fields = _unpack(payload, max_size)
+    except RemoteProtocolError:
+        return None
+    if type(fields) is not dict or fields.keys() != _EXECUTE_RESPONSE_KEYS:
+        return None
+    ok, data, error = fields["ok"], fields["data"], fields["error"]
+    if type(ok) is not bool or type(data) is not bytes or not (
+            error is None or type(error) is str):
+        return None
+    return request_id, ok, data, error
 
 
 def decode_payload(message: SpearMessage, max_size: int = DEFAULT_MAX_SIZE) -> Payload:

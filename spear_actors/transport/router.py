@@ -36,6 +36,11 @@ LISTENER_MARK = 0xFF
 Ids ZeroMQ assigns start with a zero byte, so on the main listener a peer-chosen id starting
 with 0xFF could only be an impersonation attempt: such frames are dropped and counted."""
 TAG_SIZE = 4
+# plain ints: pyzmq's flag enums cost an Enum call per `|`, and `sock.rcvmore` goes through
+# attribute magic (getattr on the zmq module) on every access; both sit on the hot path
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
 
 
 class Inbound(NamedTuple):
@@ -283,23 +288,24 @@ class RouterPump:
         batch: list[Inbound] = []
         known = self._known
         now = time.monotonic()
+        recv, more = sock.recv, sock.getsockopt
         for _ in range(MAX_BATCH):
             try:
-                rid_frame = sock.recv(zmq.NOBLOCK, copy=False)
+                rid_frame = recv(_NOBLOCK, copy=False)
             except zmq.Again:
                 break
             routing_id = rid_frame.bytes
             if prefix:
                 routing_id = prefix + routing_id
             elif routing_id[:1] == b"\xff" and self._extra:
-                while sock.rcvmore:  # would pass for a dedicated listener's peer: refuse
-                    sock.recv(zmq.NOBLOCK)
+                while more(_RCVMORE):  # would pass for a dedicated listener's peer: refuse
+                    recv(_NOBLOCK)
                 self.counters["impersonation"] += 1
                 continue
-            body = sock.recv(zmq.NOBLOCK) if sock.rcvmore else b""
-            if sock.rcvmore:  # the contract is one frame per message: refuse the rest
-                while sock.rcvmore:
-                    sock.recv(zmq.NOBLOCK)
+            body = recv(_NOBLOCK) if more(_RCVMORE) else b""
+            if more(_RCVMORE):  # the contract is one frame per message: refuse the rest
+                while more(_RCVMORE):
+                    recv(_NOBLOCK)
                 self.counters["multipart"] += 1
                 body = b""  # decodes as a bad message and is counted as such upstream
             addr = None
@@ -328,8 +334,8 @@ class RouterPump:
                     continue
                 target, zmq_id = entry[0], routing_id[1 + TAG_SIZE:]
             try:
-                target.send(zmq_id, zmq.SNDMORE | zmq.NOBLOCK)
-                target.send(body, zmq.NOBLOCK)
+                target.send(zmq_id, _SNDMORE_NOBLOCK)
+                target.send(body, _NOBLOCK)
                 sent += 1
             except zmq.Again:  # peer's pipe full (slow consumer): drop, never block
                 self._send_failed(routing_id, body, "peer_backlogged")
