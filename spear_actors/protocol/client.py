@@ -1,5 +1,8 @@
 """Client (instance) side of the protocol, sans-IO: handshake, heartbeats, requests.
 
+The events are NamedTuples rather than dataclasses: every instance imports this module at
+start-up, and building a frozen dataclass costs a millisecond or two of ``exec``.
+
 :class:`ClientSession` turns frames from the spearlet into :class:`ClientEvent` records and
 builds the frames the instance sends. Time is passed in; no sockets, no threads. One owner
 thread (the InstanceClient's I/O thread) drives it.
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import LocalProtocolError, RemoteProtocolError
 from .codec import DEFAULT_MAX_SIZE, decode, decode_payload, pack, pack_execute_response
@@ -49,59 +52,50 @@ class ClientState(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
-class AuthAccepted:
+class AuthAccepted(NamedTuple):
     session_id: str
     heartbeat_interval: float
     features: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class AuthRejected:
+class AuthRejected(NamedTuple):
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class RequestReceived:
+class RequestReceived(NamedTuple):
     request_id: int
     method: str
     data: bytes
     deadline: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class SignalReceived:
+class SignalReceived(NamedTuple):
     signal: str
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class HeartbeatAck:
+class HeartbeatAck(NamedTuple):
     sequence: int
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorReceived:
+class ErrorReceived(NamedTuple):
     code: str
     message: str
     request_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class StreamReceived:
+class StreamReceived(NamedTuple):
     stream_id: int
     seq: int
     data: bytes
     end: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ServerClosed:
+class ServerClosed(NamedTuple):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Ignored:
+class Ignored(NamedTuple):
     """A frame that was malformed or made no sense now; counted, not fatal."""
 
     reason: str

@@ -79,7 +79,7 @@ def _is_opt_str(value: object) -> bool:
     return value is None or isinstance(value, str)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SpearMessage:
     """The envelope: one ZeroMQ frame is one msgpack map of exactly these five keys."""
 
@@ -100,13 +100,15 @@ class SpearMessage:
 
 
 class Payload:
-    """Base of the typed payload records; ``TYPE`` ties each to its MessageType."""
+    """Base of the typed payload records; ``TYPE`` ties each to its MessageType.
 
-    __slots__ = ()
+    Frozen dataclasses without ``slots``: every instance imports these at start-up, and a
+    slotted dataclass is built twice."""
+
     TYPE: ClassVar[MessageType]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AuthRequest(Payload):
     TYPE: ClassVar[MessageType] = MessageType.AUTH_REQUEST
     instance_id: str
@@ -125,7 +127,7 @@ class AuthRequest(Payload):
             "extra_params must map str to str")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AuthResponse(Payload):
     TYPE: ClassVar[MessageType] = MessageType.AUTH_RESPONSE
     success: bool
@@ -151,7 +153,7 @@ class AuthResponse(Payload):
         object.__setattr__(self, "heartbeat_interval", float(self.heartbeat_interval))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ExecuteRequest(Payload):
     TYPE: ClassVar[MessageType] = MessageType.EXECUTE_REQUEST
     method: str
@@ -166,7 +168,7 @@ class ExecuteRequest(Payload):
                  "deadline must be a finite float or None")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ExecuteResponse(Payload):
     TYPE: ClassVar[MessageType] = MessageType.EXECUTE_RESPONSE
     ok: bool
@@ -179,7 +181,7 @@ class ExecuteResponse(Payload):
         _require(_is_opt_str(self.error), "error must be a str or None")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Signal(Payload):
     TYPE: ClassVar[MessageType] = MessageType.SIGNAL
     KNOWN: ClassVar[frozenset[str]] = frozenset({"stop", "drain"})
@@ -194,7 +196,7 @@ class Signal(Payload):
 StatValue = int | float | str | bool | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Heartbeat(Payload):
     TYPE: ClassVar[MessageType] = MessageType.HEARTBEAT
     sequence: int
@@ -209,7 +211,7 @@ class Heartbeat(Payload):
             for k, v in self.stats.items())), "stats must map str to scalars")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Error(Payload):
     TYPE: ClassVar[MessageType] = MessageType.ERROR
     code: str
@@ -220,7 +222,7 @@ class Error(Payload):
         _require(isinstance(self.message, str), "message must be a str")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StreamData(Payload):
     TYPE: ClassVar[MessageType] = MessageType.STREAM_DATA
     stream_id: int
@@ -237,7 +239,7 @@ class StreamData(Payload):
         _require(isinstance(self.end, bool), "end must be a bool")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ConnectionClose(Payload):
     TYPE: ClassVar[MessageType] = MessageType.CONNECTION_CLOSE
     reason: str = ""

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import zmq
 
@@ -40,8 +40,7 @@ ENV_VARS = ("SPEAR_INSTANCE_ID", "SPEAR_SECRET", "SPEAR_COMMUNICATION_TYPE",
             "SPEAR_COMMUNICATION_PORT", "SPEAR_COMMUNICATION_ENDPOINT")
 
 
-@dataclass(frozen=True, slots=True)
-class _Reply:
+class _Reply(NamedTuple):
     generation: int
     request_id: int
     ok: bool
