@@ -56,6 +56,7 @@ from ..protocol.server import (
 from ..protocol.types import Error, ExecuteResponse, MessageType, Signal
 from ..records import ConnectionState
 from ..transport.router import Inbound, RouterPump
+from .deps import safe_tell
 
 __all__ = ["ConnectionActor"]
 
@@ -267,9 +268,9 @@ class ConnectionActor(pykka.ThreadingActor):
                                 instance_id=instance_id, client_type=_clip(client_type),
                                 client_version=_clip(client_version), superseded=superseded)
                     entry = self._instances.get(instance_id)
-                    if entry is not None:
-                        entry[0].tell(ConnectionAuthenticated(connection_id, session_id,
-                                                              routing_id))
+                    if entry is not None:  # its actor may have died meanwhile (safe_tell)
+                        safe_tell(entry[0], ConnectionAuthenticated(connection_id, session_id,
+                                                                    routing_id))
                 case AuthenticationFailed(connection_id, instance_id, reason):
                     self._auth_failures += 1
                     self._log.warning("authentication failed for instance {!r} ({})",
@@ -288,7 +289,7 @@ class ConnectionActor(pykka.ThreadingActor):
                     entry = self._instances.get(instance_id) if (
                         was_auth and instance_id) else None
                     if entry is not None:
-                        entry[0].tell(ConnectionLost(connection_id, reason))
+                        safe_tell(entry[0], ConnectionLost(connection_id, reason))
                 case Delivered(connection_id, _, instance_id, _, payload):
                     if isinstance(payload, Error):
                         self._event("Error", wall, connection_id=connection_id,
