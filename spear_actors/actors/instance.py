@@ -193,12 +193,14 @@ class InstanceActor(pykka.ThreadingActor):
         self._cancel_timer()
         self._connection_id = connection_id
         self._session_id = session_id
+        # route before publishing READY: whoever wait_ready()s may submit at once, and the
+        # manager must know the instance by then (else "no task or instance named ...")
+        self._deps.tasks.tell(InstanceRoute(self.instance_id, self.task_id, routing_id,
+                                            self._window, InstanceState.READY))
         self._set_state(InstanceState.READY)
         self._event("InstanceReady", pid=self._proc.pid, connection_id=connection_id,
                     generation=self.generation)
         self._supervisor.tell(ChildReady(self.generation, time.monotonic()))
-        self._deps.tasks.tell(InstanceRoute(self.instance_id, self.task_id, routing_id,
-                                            self._window, InstanceState.READY))
 
     def _connection_lost(self, connection_id: str, reason: str) -> None:
         if connection_id != self._connection_id:
