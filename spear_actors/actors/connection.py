@@ -57,6 +57,7 @@ from ..protocol.types import Error, ExecuteResponse, MessageType, Signal
 from ..records import ConnectionState
 from ..transport.router import Inbound, RouterPump
 from .deps import safe_tell
+from .service import ServiceActor
 
 __all__ = ["ConnectionActor"]
 
@@ -68,8 +69,10 @@ def _clip(text: str | None) -> str | None:
     return None if text is None else text[:_MAX_ID_IN_EVENT]
 
 
-class ConnectionActor(pykka.ThreadingActor):
+class ConnectionActor(ServiceActor):
     """Every peer of the spearlet's listener. See the module docstring for the threads."""
+
+    ASKED = (StartListening, StopListening, ListConnections, OpenListener)
 
     def __init__(self, config: ConnectionConfig, monitor: pykka.ActorRef[Any],
                  tasks: pykka.ActorRef[Any] | None = None,
@@ -113,7 +116,7 @@ class ConnectionActor(pykka.ThreadingActor):
             self._pump.stop()
             self._pump = None
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         match message:
             case InboundBatch(frames):
                 self._inbound(frames)

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import psutil
-import pykka
 
 from .._log import logger
 from ..config import MonitoringConfig
@@ -28,6 +27,7 @@ from ..messages import (
 )
 from ..metrics import MetricsRegistry
 from ..scheduler import Scheduler, TimerHandle
+from .service import ServiceActor
 
 __all__ = ["MESSAGE_EVENTS", "MonitorActor"]
 
@@ -36,8 +36,10 @@ CONNECTION_EVENTS = frozenset({"Connected", "Authenticated", "AuthenticationFail
                                "Disconnected", "HeartbeatTimeout"})
 
 
-class MonitorActor(pykka.ThreadingActor):
+class MonitorActor(ServiceActor):
     """Owns a :class:`MetricsRegistry`; answers GetMetrics/GetEvents asks."""
+
+    ASKED = (GetMetrics, GetEvents)
 
     def __init__(self, config: MonitoringConfig, scheduler: Scheduler) -> None:
         super().__init__()
@@ -58,7 +60,7 @@ class MonitorActor(pykka.ThreadingActor):
         if self._sampler is not None:
             self._sampler.cancel()
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         enabled = self.config.enabled
         match message:
             case RecordEvent(kind, data, at):

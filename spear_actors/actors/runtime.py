@@ -35,6 +35,7 @@ from ..messages import (
 from ..process import resolve_command
 from ..records import InstanceInfo, InstanceState
 from .deps import Deps
+from .service import ServiceActor
 from .supervisor import SupervisorActor
 
 __all__ = ["RuntimeActor"]
@@ -54,8 +55,10 @@ class _Entry:
         default_factory=list)
 
 
-class RuntimeActor(pykka.ThreadingActor):
+class RuntimeActor(ServiceActor):
     """Creates instances and keeps their latest state; see the module docstring."""
+
+    ASKED = (CreateInstance, GetSupervisor, ListInstances, WatchState, DescribeTree)
 
     def __init__(self, config: SystemConfig, work_dir: str) -> None:
         super().__init__()
@@ -68,7 +71,7 @@ class RuntimeActor(pykka.ThreadingActor):
         self.capacity_memory = int(config.capacity_memory or psutil.virtual_memory().total)
         self._log = logger.bind(actor="runtime")
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         match message:
             case Deps():
                 self.deps = message

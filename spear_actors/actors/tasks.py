@@ -46,6 +46,7 @@ from ..messages import (
 from ..protocol.codec import pack_execute_request, peek_execute_response
 from ..records import InstanceState
 from ..transport.router import Inbound
+from .service import ServiceActor
 
 __all__ = ["ResponseFastPath", "SubmissionQueue", "TaskExecutionManager"]
 
@@ -186,7 +187,7 @@ class ResponseFastPath:
         return rest
 
 
-class TaskExecutionManager(pykka.ThreadingActor):
+class TaskExecutionManager(ServiceActor):
     """Owns routing tables, queues and outstanding requests; see the module docstring."""
 
     def __init__(self, intake: SubmissionQueue, monitor: pykka.ActorRef[Any], *,
@@ -226,17 +227,17 @@ class TaskExecutionManager(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self._shutdown("the system is shutting down")
 
-    def on_receive(self, message: Any) -> Any:
+    def handle(self, message: Any) -> Any:
         fast = self._fast
         if fast is not None and fast.completions:
             self._completed(time.monotonic())
         try:
-            return self._handle(message)
+            return self._dispatch_message(message)
         finally:
             if fast is not None:
                 fast.wake_manager = bool(self._queues)
 
-    def _handle(self, message: Any) -> Any:
+    def _dispatch_message(self, message: Any) -> Any:
         match message:
             case DrainSubmissions():
                 now = time.monotonic()
