@@ -222,6 +222,12 @@ class SpearSystem:
         if info.state not in states:
             raise InstanceFailed(f"instance {instance_id} is {info.state.name}: "
                                  f"{info.last_error or 'no error recorded'}", instance_id)
+        if info.state.is_serving:
+            # a barrier: the instance told the task manager its route before it became READY;
+            # once the manager answers this, it has taken that route in, so what is submitted
+            # from now on can be routed (a new submission may join a drain that was queued
+            # ahead of the route in the manager's mailbox)
+            self._ask(self.deps.tasks, "stats")
         return info
 
     def instance(self, instance_id: str) -> InstanceInfo:
