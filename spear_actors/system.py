@@ -13,6 +13,7 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
 from typing import Any
 
 import pykka
@@ -237,7 +238,16 @@ class SpearSystem:
         raise SpearError(f"no instance {instance_id!r}")
 
     def instances(self, task_id: str | None = None) -> list[InstanceInfo]:
-        return self._ask(self.deps.runtime, ListInstances(task_id))  # type: ignore[no-any-return]
+        """Every instance (of ``task_id``) in start order. READY ones whose every slot
+        (max_concurrency + prefetch) holds a request show as BUSY: derived here from the task
+        manager's counts, so the hot path never reports state changes."""
+        infos: list[InstanceInfo] = self._ask(self.deps.runtime, ListInstances(task_id))
+        if any(info.state is InstanceState.READY for info in infos):
+            load = self._ask(self.deps.tasks, "stats").get("instances", {})
+            infos = [replace(info, state=InstanceState.BUSY)
+                     if info.state is InstanceState.READY and load.get(info.id, {}).get("busy")
+                     else info for info in infos]
+        return infos
 
     def stop_instance(self, instance_id: str, timeout: float = 30.0) -> InstanceInfo:
         """Stop it for good (SIGNAL stop, SIGTERM, stop_timeout, SIGKILL); not a failure.

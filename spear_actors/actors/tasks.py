@@ -518,6 +518,8 @@ class TaskExecutionManager(ServiceActor):
                 "queued": sum(len(q) for q in self._queues.values()),
                 "instances": {i.instance_id: {"in_flight": len(i.in_flight),
                                               "connected": i.routing_id is not None,
+                                              "busy": i.routing_id is not None
+                                              and len(i.in_flight) >= i.window,
                                               "state": i.state.value}
                               for i in self._instances.values()},
                 **dict(self.counters)}
