@@ -6,9 +6,9 @@ instances echo:
 
 * the *submitter* sends ``rate`` requests a second (half of them with ``retries=2``), each
   with a unique payload, and checks every answer in the future's done-callback;
-* the *killer* every ``kill_interval`` (jittered) picks a READY instance and sends its process
-  SIGKILL, SIGTERM, SIGSTOP (left stopped: heartbeat loss must end it) or SIGSTOP followed
-  by SIGCONT a moment later (it may or may not survive that);
+* the *killer* every ``kill_interval`` (jittered) picks a serving (READY or BUSY) instance
+  and sends its process SIGKILL, SIGTERM, SIGSTOP (left stopped: heartbeat loss must end it)
+  or SIGSTOP followed by SIGCONT a moment later (it may or may not survive that);
 * the *prober* times ``system.tree()`` every ``tree_interval``.
 
 Afterwards (:meth:`Chaos.run` returns a :class:`ChaosResult`) it checks that every request
@@ -317,12 +317,12 @@ class Chaos:
                 self.result.signals[action] += 1
 
     def _pick_victim(self, rng: random.Random) -> psutil.Process | None:
-        """A READY instance's live process that we have not disrupted yet (or None)."""
+        """A serving instance's live process that we have not disrupted yet (or None)."""
         try:
             infos = self.system.instances(self.config.task_id)
         except SpearError:
             return None
-        candidates = [i for i in infos if i.state is InstanceState.READY and i.pid
+        candidates = [i for i in infos if i.state.is_serving and i.pid
                       and i.pid not in self._hit]
         rng.shuffle(candidates)
         for info in candidates:

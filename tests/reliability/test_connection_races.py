@@ -99,7 +99,12 @@ def test_an_instance_is_routable_as_soon_as_it_is_ready(monkeypatch: pytest.Monk
         assert entered.wait(WAIT)
         queued = system.submit(other, b"queued", timeout=WAIT)  # its drain waits behind
         iid = system.create_instance("echo", instance_config(ECHO))
-        wait_until(lambda: system.instance(iid).state.is_serving, WAIT)
+
+        def announced() -> bool:  # READY published (events: the monitor, not the manager)
+            return any(e.data.get("instance_id") == iid
+                       for e in system.events(kinds={"InstanceReady"}, limit=None))
+
+        wait_until(announced, WAIT)
         submitted: list[Future[bytes]] = []
 
         def ready_then_submit() -> None:

@@ -148,7 +148,7 @@ def test_connection_limit_is_enforced_with_a_clear_refusal(
     wait_until(lambda: not system.connections(), WAIT)
     events = try_auth(system.endpoint, waiting, secret)
     assert events is not None and isinstance(events[-1], AuthAccepted), events
-    assert wait_until(lambda: system.instance(waiting).state is InstanceState.READY, WAIT)
+    assert wait_until(lambda: system.instance(waiting).state.is_serving, WAIT)
     os.kill(pid, signal.SIGKILL)  # temporary: not restarted
     system.wait_state(waiting, {InstanceState.FAILED}, timeout=WAIT)
     assert refusals(system) >= 2

@@ -16,7 +16,7 @@ import pytest
 from helpers import wait_until
 from reliability.support import ECHO, WAIT, Systems, launch
 
-from spear_actors import AuthenticationError, InstanceClient, InstanceState, SpearSystem
+from spear_actors import AuthenticationError, InstanceClient, SpearSystem
 from spear_actors.protocol.client import AuthRejected
 
 from .support import try_auth
@@ -46,7 +46,7 @@ def restart_by_kill(system: SpearSystem, instance_id: str) -> int:
 
     def replaced() -> int | None:
         info = system.instance(instance_id)
-        return info.pid if info.state is InstanceState.READY and info.pid != old else None
+        return info.pid if info.state.is_serving and info.pid != old else None
 
     return int(wait_until(replaced, WAIT, message=f"{instance_id} to be replaced"))
 
