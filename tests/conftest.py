@@ -1,31 +1,24 @@
-"""Suite-wide fixtures: every test must leave no child process behind."""
+"""Suite-wide fixtures: every test must leave no child process behind; captured logs."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
-from helpers import wait_until
-
-
-def _children() -> dict[tuple[int, float], psutil.Process]:
-    found = {}
-    for p in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            found[(p.pid, p.create_time())] = p
-    return found
+from helpers import child_processes, wait_until
 
 
 @pytest.fixture(autouse=True)
 def no_child_processes_left() -> Iterator[None]:
     """Fail the test if it leaves a child (running or zombie) that was not there before."""
-    before = set(_children())
+    before = set(child_processes())
 
     def leftovers() -> list[psutil.Process]:
-        return [p for key, p in _children().items() if key not in before]
+        return [p for key, p in child_processes().items() if key not in before]
 
     yield
     try:
@@ -43,3 +36,20 @@ def no_child_processes_left() -> Iterator[None]:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(p.pid, os.WNOHANG)
         pytest.fail(f"test left child processes behind: {described}")
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[Any]]:
+    """Enable the library's loguru logging for the test; yields the list of every record
+    (``loguru`` Message objects: ``str()`` is the formatted line, ``.record`` the data)."""
+    from loguru import logger
+
+    records: list[Any] = []
+    sink_id = logger.add(records.append, level="TRACE",
+                         format="{level} {name} {message} | {extra}")
+    logger.enable("spear_actors")
+    try:
+        yield records
+    finally:
+        logger.disable("spear_actors")
+        logger.remove(sink_id)

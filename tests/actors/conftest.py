@@ -6,15 +6,13 @@ child process, no live Pykka actor and no thread that was not there before (boun
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psutil
 import pykka
 import pytest
-from helpers import wait_until
+from helpers import child_processes, wait_until
 
 from spear_actors import SpearSystem, SystemConfig
 
@@ -23,20 +21,12 @@ from .support import CONNECTION
 LEFTOVER_WAIT = 5.0
 
 
-def _children() -> set[tuple[int, float]]:
-    found = set()
-    for p in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            found.add((p.pid, p.create_time()))
-    return found
-
-
 @pytest.fixture
 def make_system() -> Iterator[Callable[..., SpearSystem]]:
     """``make_system(**SystemConfig fields)`` starts a system (short heartbeats unless a
     ``connection`` is given); every one is shut down at teardown, then checked for leftovers."""
     threads_before = set(threading.enumerate())
-    children_before = _children()
+    children_before = set(child_processes())
     systems: list[SpearSystem] = []
 
     def make(**overrides: Any) -> SpearSystem:
@@ -49,7 +39,7 @@ def make_system() -> Iterator[Callable[..., SpearSystem]]:
     for system in systems:
         system.shutdown()
 
-    wait_until(lambda: not _children() - children_before, LEFTOVER_WAIT,
+    wait_until(lambda: not set(child_processes()) - children_before, LEFTOVER_WAIT,
                message="the system's child processes to go")
     wait_until(lambda: not pykka.ActorRegistry.get_all(), LEFTOVER_WAIT,
                message=f"every actor to stop (live: {pykka.ActorRegistry.get_all()})")
@@ -67,20 +57,3 @@ def make_system() -> Iterator[Callable[..., SpearSystem]]:
 def system(make_system: Callable[..., SpearSystem]) -> SpearSystem:
     """A running system with short heartbeats (interval 0.2 s, timeout 0.6 s)."""
     return make_system()
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[list[Any]]:
-    """Enable the library's loguru logging for the test; yields the list of every record
-    (``loguru`` Message objects: ``str()`` is the formatted line, ``.record`` the data)."""
-    from loguru import logger
-
-    records: list[Any] = []
-    sink_id = logger.add(records.append, level="TRACE",
-                         format="{level} {name} {message} | {extra}")
-    logger.enable("spear_actors")
-    try:
-        yield records
-    finally:
-        logger.disable("spear_actors")
-        logger.remove(sink_id)

@@ -93,12 +93,3 @@ def wait_info(system: SpearSystem, instance_id: str, predicate: Callable[[Instan
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {info}")
         time.sleep(0.01)
 
-
-def holds_for(predicate: Callable[[], bool], duration: float, interval: float = 0.02) -> bool:
-    """Bounded negative check: True if ``predicate`` stays true for all of ``duration`` s."""
-    deadline = time.monotonic() + duration
-    while time.monotonic() < deadline:
-        if not predicate():
-            return False
-        time.sleep(interval)
-    return predicate()

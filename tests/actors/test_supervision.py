@@ -10,6 +10,7 @@ from typing import Literal
 
 import psutil
 import pytest
+from helpers import holds_for
 
 from spear_actors import InstanceState, RestartPolicy, SpearSystem
 
@@ -18,7 +19,6 @@ from .support import (
     echo,
     events_of,
     example,
-    holds_for,
     last_seq,
     program,
     wait_event,

@@ -12,14 +12,14 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pykka
-from helpers import wait_until
+from helpers import child_processes, wait_until
 
 from spear_actors import (
     ConnectionConfig,
@@ -75,21 +75,13 @@ def launch(system: SpearSystem, task_id: str, command: Sequence[str], count: int
 
 
 # -- leftovers ---------------------------------------------------------------------------------
-def _children() -> set[tuple[int, float]]:
-    found = set()
-    for p in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            found.add((p.pid, p.create_time()))
-    return found
-
-
 @contextlib.contextmanager
 def leftover_check() -> Iterator[None]:
     """Around a test body: afterwards no new child process, no live actor, no new thread."""
     threads_before = {t.ident for t in threading.enumerate()}
-    children_before = _children()
+    children_before = set(child_processes())
     yield
-    wait_until(lambda: not _children() - children_before, LEFTOVER_WAIT,
+    wait_until(lambda: not set(child_processes()) - children_before, LEFTOVER_WAIT,
                message="the system's child processes to go")
     try:
         wait_until(lambda: not pykka.ActorRegistry.get_all(), LEFTOVER_WAIT,
@@ -218,12 +210,3 @@ def process_gone(pid: int) -> bool:
     except psutil.NoSuchProcess:
         return True
 
-
-def holds_for(predicate: Callable[[], bool], duration: float, interval: float = 0.05) -> bool:
-    """Bounded negative check: True if ``predicate`` stays true for all of ``duration`` s."""
-    deadline = time.monotonic() + duration
-    while time.monotonic() < deadline:
-        if not predicate():
-            return False
-        time.sleep(interval)
-    return predicate()

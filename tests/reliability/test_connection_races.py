@@ -12,7 +12,7 @@ from typing import Any
 
 import pykka
 import pytest
-from helpers import wait_until
+from helpers import holds_for, wait_until
 
 from spear_actors import ConnectionConfig
 from spear_actors.actors.connection import ConnectionActor
@@ -25,7 +25,6 @@ from .support import (
     ECHO,
     WAIT,
     Systems,
-    holds_for,
     instance_config,
     launch,
     leftover_check,
