@@ -74,13 +74,6 @@ class DescribeTree:
     """ask -> dict: the supervision tree as data."""
 
 
-@dataclass(frozen=True)
-class ShutdownRuntime:
-    """ask -> None: stop every instance subtree in reverse start order."""
-
-    timeout: float
-
-
 # -- SupervisorActor -----------------------------------------------------------------------
 
 @dataclass(frozen=True)

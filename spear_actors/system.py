@@ -219,16 +219,19 @@ class SpearSystem:
             info = self.instance(instance_id)
             raise TimeoutError(f"instance {instance_id} not {'/'.join(s.name for s in states)}"
                                f" within {timeout} s (it is {info.state.name})")
-        info = self.instance(instance_id)
+        found = next((i for i in self._runtime_infos() if i.id == instance_id), None)
+        if found is None:
+            raise SpearError(f"no instance {instance_id!r}")
+        info = found
+        if info.state is InstanceState.READY:
+            # one ask of the task manager, doubling as a barrier: the instance told it its
+            # route before it became READY, so once the manager answers, what is submitted
+            # from now on can be routed (a new submission may join a drain that was queued
+            # ahead of the route in the manager's mailbox); the answer also says if it is BUSY
+            [info] = self._with_load([info])
         if info.state not in states:
             raise InstanceFailed(f"instance {instance_id} is {info.state.name}: "
                                  f"{info.last_error or 'no error recorded'}", instance_id)
-        if info.state.is_serving:
-            # a barrier: the instance told the task manager its route before it became READY;
-            # once the manager answers this, it has taken that route in, so what is submitted
-            # from now on can be routed (a new submission may join a drain that was queued
-            # ahead of the route in the manager's mailbox)
-            self._ask(self.deps.tasks, "stats")
         return info
 
     def instance(self, instance_id: str) -> InstanceInfo:
@@ -241,13 +244,20 @@ class SpearSystem:
         """Every instance (of ``task_id``) in start order. READY ones whose every slot
         (max_concurrency + prefetch) holds a request show as BUSY: derived here from the task
         manager's counts, so the hot path never reports state changes."""
-        infos: list[InstanceInfo] = self._ask(self.deps.runtime, ListInstances(task_id))
+        infos = self._runtime_infos(task_id)
         if any(info.state is InstanceState.READY for info in infos):
-            load = self._ask(self.deps.tasks, "stats").get("instances", {})
-            infos = [replace(info, state=InstanceState.BUSY)
-                     if info.state is InstanceState.READY and load.get(info.id, {}).get("busy")
-                     else info for info in infos]
+            infos = self._with_load(infos)
         return infos
+
+    def _runtime_infos(self, task_id: str | None = None) -> list[InstanceInfo]:
+        return self._ask(self.deps.runtime, ListInstances(task_id))  # type: ignore[no-any-return]
+
+    def _with_load(self, infos: list[InstanceInfo]) -> list[InstanceInfo]:
+        """READY -> BUSY where the task manager says every slot holds a request."""
+        load = self._ask(self.deps.tasks, "stats").get("instances", {})
+        return [replace(info, state=InstanceState.BUSY)
+                if info.state is InstanceState.READY and load.get(info.id, {}).get("busy")
+                else info for info in infos]
 
     def stop_instance(self, instance_id: str, timeout: float = 30.0) -> InstanceInfo:
         """Stop it for good (SIGNAL stop, SIGTERM, stop_timeout, SIGKILL); not a failure.

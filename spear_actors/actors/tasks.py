@@ -123,10 +123,6 @@ class _Instance:
     state: InstanceState = InstanceState.CREATING
     in_flight: dict[int, _Request] = field(default_factory=dict)
 
-    @property
-    def free(self) -> int:
-        return self.window - len(self.in_flight) if self.routing_id else 0
-
 
 class ResponseFastPath:
     """Resolves execute responses in the router pump thread, skipping two actor hops.
