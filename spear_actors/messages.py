@@ -333,6 +333,16 @@ class ExecuteResponses:
 
 
 @dataclass(frozen=True)
+class Undeliverable:
+    """The pump could not send request ``request_id`` to ``routing_id`` (``reason``:
+    ``unreachable`` when the peer is gone, ``peer_backlogged`` when its queue is full)."""
+
+    routing_id: bytes
+    request_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Completed:
     """Wake-up: the fast path resolved requests while the manager has work queued (the
     completions themselves wait in the fast path's deque)."""

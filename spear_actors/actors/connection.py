@@ -38,6 +38,7 @@ from ..messages import (
     SendSignal,
     StartListening,
     StopListening,
+    Undeliverable,
 )
 from ..protocol.auth import AuthPolicy
 from ..protocol.codec import decode
@@ -303,17 +304,12 @@ class ConnectionActor(ServiceActor):
 
     def _send_failed(self, routing_id: bytes, body: bytes, reason: str) -> None:
         self._errors["send_failed"] = self._errors.get("send_failed", 0) + 1
-        session = self._protocol.session_for(routing_id)
-        instance_id = session.instance_id if session else None
         try:
             message = decode(body)
         except RemoteProtocolError:
             return
         if message.message_type is MessageType.EXECUTE_REQUEST and self._tasks is not None:
-            self._tasks.tell(ExecuteResponses([(instance_id or "", routing_id,
-                                                message.request_id, False, b"",
-                                                f"could not send the request: {reason}")],
-                                              time.monotonic()))
+            self._tasks.tell(Undeliverable(routing_id, message.request_id, reason))
 
     def _event(self, kind: str, wall: float, **data: Any) -> None:
         self._monitor.tell(RecordEvent(kind, data, wall))

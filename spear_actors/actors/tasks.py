@@ -42,6 +42,7 @@ from ..messages import (
     RecordLatencies,
     RecordMessages,
     Submission,
+    Undeliverable,
 )
 from ..protocol.codec import pack_execute_request, peek_execute_response
 from ..records import InstanceState
@@ -243,6 +244,9 @@ class TaskExecutionManager(ServiceActor):
             case ExecuteResponses(responses, at):
                 self._answers(responses, at)
                 self._flush()
+            case Undeliverable(routing_id, request_id, reason):
+                self._undeliverable(routing_id, request_id, reason)
+                self._flush()
             case Completed():
                 self._flush()  # completions were taken above
             case InstanceRoute(instance_id, task_id, routing_id, window, state):
@@ -386,18 +390,26 @@ class TaskExecutionManager(ServiceActor):
             latencies.append(at - request.sent_at)
             if ok:
                 _resolve(request.submission.future, data)
-            elif error is not None and error.startswith("could not send the request"):
-                if inst is not None and inst.routing_id == routing_id \
-                        and error.endswith("unreachable"):
-                    # the peer is gone: route nothing more to it (not even this request's
-                    # retry) until the instance connects again
-                    self._route(inst.instance_id, inst.task_id, None, inst.window, inst.state)
-                self._lost(request, error, at)
             else:
                 _fail(request.submission.future,
                       ExecutionError(error or "the handler failed", instance_id))
         if self._queues:
             self._drain_queues(at)
+
+    def _undeliverable(self, routing_id: bytes, request_id: int, reason: str) -> None:
+        """The pump could not send a request: it is lost (retried if allowed)."""
+        request = self._pending.get(request_id)
+        if request is None or request.routing_id != routing_id or \
+                self._pending.pop(request_id, None) is not request:
+            return  # already ended (answered, expired, or lost with its connection)
+        inst = self._instances.get(request.instance_id or "")
+        if inst is not None:
+            inst.in_flight.pop(request_id, None)
+            if inst.routing_id == routing_id and reason == "unreachable":
+                # the peer is gone: route nothing more to it (not even this request's
+                # retry) until the instance connects again
+                self._route(inst.instance_id, inst.task_id, None, inst.window, inst.state)
+        self._lost(request, f"could not send the request: {reason}", time.monotonic())
 
     def _completed(self, at: float) -> None:
         """Requests the fast path resolved: free their slots, record their latency."""

@@ -20,7 +20,13 @@ from helpers import wait_until
 import spear_actors
 from spear_actors import ExecutionError, InstanceFailed, InstanceState, NoInstanceAvailable
 from spear_actors.actors.tasks import SubmissionQueue, TaskExecutionManager
-from spear_actors.messages import CheckDeadlines, ExecuteResponses, InstanceRoute, Submission
+from spear_actors.messages import (
+    CheckDeadlines,
+    ExecuteResponses,
+    InstanceRoute,
+    Submission,
+    Undeliverable,
+)
 from spear_actors.protocol.codec import decode, decode_payload
 from spear_actors.protocol.types import ExecuteRequest, MessageType
 
@@ -87,6 +93,11 @@ class Harness:
                instance_id: str = "task-1") -> None:
         self.manager.tell(ExecuteResponses(
             [(instance_id, routing_id, request_id, ok, data, error)], time.monotonic()))
+
+    def bounce(self, request_id: int, reason: str = "unreachable",
+               routing_id: bytes = ROUTE) -> None:
+        """The pump could not send the request (what the ConnectionActor reports)."""
+        self.manager.tell(Undeliverable(routing_id, request_id, reason))
 
     def stats(self) -> dict[str, Any]:
         """The manager's stats; being an ``ask``, it also waits for every earlier message."""
@@ -185,7 +196,7 @@ def test_retry_goes_to_a_live_instance_not_back_to_the_dead_one(h: Harness) -> N
 
     # the dead peer's frames bounce, then its instance actor reports the loss
     rid, _ = on_dead[0]
-    h.answer(rid, ok=False, error="could not send the request: unreachable")
+    h.bounce(rid, "unreachable")
     h.route(None, InstanceState.RESTARTING)
     h.stats()
     resent = h.wire.requests()[4:]
@@ -232,3 +243,17 @@ def test_shutdown_fails_everything_outstanding(h: Harness) -> None:
     assert all(isinstance(error_of(f), NoInstanceAvailable) for f in futures[1:])
     after = h.submit(b"late")
     assert isinstance(error_of(after), NoInstanceAvailable)
+
+
+def test_an_instance_cannot_pass_its_error_off_as_a_send_failure(h: Harness) -> None:
+    """Only the pump reports undeliverable requests: an instance answering ok=false with the
+    same words gets an ExecutionError, no retry and no rerouting."""
+    h.route(ROUTE, window=4)
+    h.route(OTHER_ROUTE, window=4, instance_id="task-2")
+    future = h.submit(b"x", target="task-1", retries=1)
+    [(_, rid, _)] = h.sent(1)
+    h.answer(rid, ok=False, error="could not send the request: unreachable")
+    error = future.exception(timeout=5)
+    assert isinstance(error, ExecutionError), error
+    assert len(h.wire.requests()) == 1, "the request was re-sent"
+    assert h.stats()["instances"]["task-1"]["connected"], "task-1 was taken out of rotation"
