@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "ExecutionError": "errors",
     "NoInstanceAvailable": "errors",
     "TimeoutError": "errors",
+    "SystemFailed": "errors",
     # facade and tools
     "SpearSystem": "system",
     "SupervisionTree": "inspect",
@@ -71,6 +72,7 @@ __all__ = [
     "SpearSystem",
     "SupervisionTree",
     "SystemConfig",
+    "SystemFailed",
     "TimeoutError",
     "TransportError",
     "__version__",

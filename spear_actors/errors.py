@@ -17,6 +17,7 @@ __all__ = [
     "RemoteProtocolError",
     "SpawnError",
     "SpearError",
+    "SystemFailed",
     "TimeoutError",
     "TransportError",
 ]
@@ -91,3 +92,9 @@ class NoInstanceAvailable(SpearError):
 
 class TimeoutError(SpearError, _builtin_timeout):
     """A bounded wait ran out. Also a builtin ``TimeoutError``."""
+
+
+class SystemFailed(SpearError):
+    """The spearlet gave up on itself: a service actor failed more often than
+    ``SystemConfig.service_restart`` allows (DESIGN.md section 7). Every instance has been
+    stopped; every later call on the system raises this."""

@@ -26,7 +26,7 @@ from .actors.monitor import MonitorActor
 from .actors.runtime import RuntimeActor
 from .actors.tasks import SubmissionQueue, TaskExecutionManager, start_deadline_checks
 from .config import InstanceConfig, ResourceLimits, SystemConfig
-from .errors import ConfigError, InstanceFailed, SpearError, TimeoutError
+from .errors import ConfigError, InstanceFailed, SpearError, SystemFailed, TimeoutError
 from .inspect import SupervisionTree
 from .messages import (
     Crash,
@@ -74,6 +74,8 @@ class SpearSystem:
         self._deps: Deps | None = None
         self.endpoint = ""
         self.port: int | None = None
+        self._failure: SystemFailed | None = None
+        self._failed = threading.Event()
 
     # -- start and stop ------------------------------------------------------------------------
     @classmethod
@@ -161,6 +163,21 @@ class SpearSystem:
                 future.result(timeout=max(0.1, deadline - time.monotonic()))
             except FutureTimeout:
                 logger.warning("an instance did not stop before the shutdown deadline")
+
+    @property
+    def failure(self) -> SystemFailed | None:
+        """The error the system gave up with (DESIGN.md section 7), or None while it runs."""
+        return self._failure
+
+    def wait_failed(self, timeout: float | None = None) -> SystemFailed | None:
+        """Block until the system escalates (or ``timeout``); returns :attr:`failure`."""
+        self._failed.wait(timeout)
+        return self._failure
+
+    def _escalated(self, error: SystemFailed) -> None:
+        """The root gave up (called once, from the runtime's thread)."""
+        self._failure = error
+        self._failed.set()
 
     def __enter__(self) -> SpearSystem:
         return self
