@@ -1,0 +1,44 @@
+"""Instance processes: resolve the binary, build the environment, spawn, watch and stop.
+
+No actors here, only plain functions and classes (DESIGN.md sections 3 and 4), one job per
+module:
+
+* :mod:`.launch` — :func:`resolve_command` and :func:`build_env` prepare a launch;
+  :func:`spawn` starts a child in its own session and process group, applies
+  :class:`~spear_actors.config.ResourceLimits` and hands it to a :class:`ProcessWatcher`.
+  The caller's thread runs all of it.
+* :mod:`.watcher` — :class:`ProcessWatcher` is ONE background thread for all children: it
+  drains their output into the log, reaps each as soon as it exits and runs the callbacks
+  (in that thread). :func:`default_watcher` is the shared one.
+* :mod:`.handle` — :class:`ManagedProcess` is the handle any thread may use: signals,
+  process-tree snapshots and a graceful or forced stop of the whole tree.
+* :mod:`.reaping` — :func:`set_child_subreaper` / :func:`reap_adopted_orphans`: orphans of
+  instances come to us and are reaped, instead of piling up as zombies under a PID 1 that
+  does not reap.
+
+Linux only (pidfd, /proc, prctl). The environment carries the instance secret: it is never
+logged, nor stored on the handle.
+"""
+
+from __future__ import annotations
+
+from .handle import ExitCallback, ManagedProcess, OutputCallback, Stream
+from .launch import ENV_ALLOWLIST, build_env, resolve_command, spawn
+from .reaping import reap_adopted_orphans, set_child_subreaper
+from .watcher import MAX_LINE, ProcessWatcher, default_watcher
+
+__all__ = [
+    "ENV_ALLOWLIST",
+    "MAX_LINE",
+    "ExitCallback",
+    "ManagedProcess",
+    "OutputCallback",
+    "ProcessWatcher",
+    "Stream",
+    "build_env",
+    "default_watcher",
+    "reap_adopted_orphans",
+    "resolve_command",
+    "set_child_subreaper",
+    "spawn",
+]

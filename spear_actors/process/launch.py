@@ -1,0 +1,158 @@
+"""Launching an instance: resolve the binary, build its environment, spawn it, limit it.
+
+:func:`resolve_command` and :func:`build_env` prepare a launch; :func:`spawn` starts the child
+in its own session and process group, applies :class:`~spear_actors.config.ResourceLimits`
+and hands it to a :class:`~spear_actors.process.ProcessWatcher`. All of it runs in the
+caller's thread (an instance actor's); the callbacks given to :func:`spawn` will run in the
+watcher thread. The environment carries the instance secret: it is never logged, nor kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+
+import psutil
+
+from ..config import ResourceLimits
+from ..errors import ConfigError, SpawnError
+from .handle import ExitCallback, ManagedProcess, OutputCallback
+from .watcher import ProcessWatcher, default_watcher
+
+__all__ = ["ENV_ALLOWLIST", "build_env", "resolve_command", "spawn"]
+
+ENV_ALLOWLIST = frozenset({"PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"})
+"""Variables passed through when ``inherit_env`` is false (plus every ``LC_*``)."""
+
+
+def resolve_command(command: Sequence[str], working_dir: str | None) -> list[str]:
+    """Return ``command`` with argv[0] made an absolute path to an executable file.
+
+    A name without ``/`` is looked up on ``PATH``; a relative path is taken from
+    ``working_dir`` (where the child will start) or the current directory. Symlinks are kept
+    (a venv's ``python`` must stay the symlink). Raises :class:`SpawnError` at once if the
+    binary is missing, a directory or not executable.
+    """
+    if isinstance(command, str) or not command or not command[0]:
+        raise SpawnError(f"command must be a non-empty argv list, got {command!r}")
+    prog = command[0]
+    if "/" in prog:
+        path = os.path.abspath(os.path.join(working_dir or os.getcwd(), prog))
+    else:
+        found = shutil.which(prog)
+        if found is None:  # which() only returns executables: find out why for the message
+            dirs = os.environ.get("PATH", os.defpath).split(os.pathsep)
+            hits = [os.path.join(d or ".", prog) for d in dirs]
+            found = next((h for h in hits if os.path.exists(h)), None)
+            if found is None:
+                raise SpawnError(f"binary not found: {prog} (not on PATH)")
+        path = os.path.abspath(found)
+    if not os.path.exists(path):
+        raise SpawnError(f"binary not found: {path}")
+    if os.path.isdir(path):
+        raise SpawnError(f"is a directory: {path}")
+    if not os.access(path, os.X_OK):
+        raise SpawnError(f"not executable: {path}")
+    return [path, *command[1:]]
+
+
+def build_env(*, instance_id: str, secret: str, port: int | None, endpoint: str,
+              transport: str, extra: Mapping[str, str], inherit_env: bool) -> dict[str, str]:
+    """The environment of one instance process.
+
+    Base: all of ``os.environ`` if ``inherit_env``, else only :data:`ENV_ALLOWLIST` and
+    ``LC_*``. Then ``extra`` (the task's env), ``PYTHONUNBUFFERED=1`` unless already set, and
+    last the ``SPEAR_*`` variables, which override anything else. ``port`` is ``None`` for an
+    ``ipc`` listener: ``SPEAR_COMMUNICATION_PORT`` is then *absent* (not ``""``, which a client
+    would fail to parse as a number) and clients must use ``SPEAR_COMMUNICATION_ENDPOINT``.
+    """
+    if transport not in ("tcp", "ipc"):
+        raise ConfigError(f"transport must be 'tcp' or 'ipc', got {transport!r}")
+    if port is None and transport == "tcp":
+        raise ConfigError("a tcp listener needs a port")
+    if inherit_env:
+        env = dict(os.environ)
+    else:
+        env = {k: v for k, v in os.environ.items() if k in ENV_ALLOWLIST or k.startswith("LC_")}
+    env.update(extra)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.pop("SPEAR_COMMUNICATION_PORT", None)
+    if port is not None:
+        env["SPEAR_COMMUNICATION_PORT"] = str(port)
+    env["SPEAR_INSTANCE_ID"] = instance_id
+    env["SPEAR_SECRET"] = secret
+    env["SPEAR_COMMUNICATION_TYPE"] = transport
+    env["SPEAR_COMMUNICATION_ENDPOINT"] = endpoint
+    return env
+
+
+
+def spawn(*, argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
+          limits: ResourceLimits | None, instance_id: str, on_exit: ExitCallback | None,
+          on_output: OutputCallback | None = None,
+          watcher: ProcessWatcher | None = None) -> ManagedProcess:
+    """Start ``argv`` in its own session and process group, apply ``limits``, watch it.
+
+    Runs in the caller's thread; ``on_exit`` and ``on_output`` will run in the watcher thread
+    (default: :func:`default_watcher`). stdin is /dev/null; stdout and stderr are drained
+    into the log. ``cwd`` must exist (the caller creates it). No ``preexec_fn`` (unsafe with
+    threads), so limits are applied right after exec with psutil: for that first moment the
+    child runs unlimited, and a child that forks at once may pass on the old limits.
+    ``limits.cpus`` only counts for admission. Raises :class:`SpawnError` if the process
+    cannot be started or a limit cannot be applied (the child is then killed and reaped).
+    """
+    if not argv:
+        raise SpawnError("empty command")
+    if cwd is not None and not os.path.isdir(cwd):
+        raise SpawnError(f"working directory does not exist: {cwd}")
+    watcher = watcher if watcher is not None else default_watcher()
+    try:
+        popen = subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 close_fds=True, start_new_session=True)
+    except (OSError, ValueError) as exc:  # ENOENT, EACCES, ENOEXEC, bad env ...
+        raise SpawnError(f"cannot start {argv[0]} for instance {instance_id}: {exc}") from exc
+    pidfd = None
+    if watcher.uses_pidfd:
+        with contextlib.suppress(OSError):  # ENOSYS, EPERM: the watcher polls instead
+            pidfd = os.pidfd_open(popen.pid)
+    proc = ManagedProcess(popen, instance_id=instance_id, argv=argv, pidfd=pidfd,
+                          on_exit=on_exit, on_output=on_output)
+    try:
+        if limits is not None:
+            _apply_limits(proc, limits)
+        watcher.register(proc)
+    except (psutil.Error, OSError, ValueError, RuntimeError) as exc:
+        proc.kill_tree()
+        proc._close_fds()
+        raise SpawnError(f"cannot start instance {instance_id}: {exc}") from exc
+    proc._log.debug("spawned pid {}: {}", proc.pid, argv[0])
+    return proc
+
+
+def _apply_limits(proc: ManagedProcess, limits: ResourceLimits) -> None:
+    p = proc._ps
+    if p is None:
+        return
+    try:
+        if limits.memory_bytes is not None:
+            _set_rlimit(p, psutil.RLIMIT_AS, limits.memory_bytes)
+        if limits.max_open_files is not None:
+            _set_rlimit(p, psutil.RLIMIT_NOFILE, limits.max_open_files)
+        if limits.cpu_affinity is not None:
+            p.cpu_affinity(list(limits.cpu_affinity))
+        if limits.nice is not None:
+            p.nice(limits.nice)
+    except psutil.NoSuchProcess:  # already exited (or a zombie): the watcher reports it
+        return
+
+
+def _set_rlimit(p: psutil.Process, resource: int, value: int) -> None:
+    """Set soft and hard limit (so the child cannot raise it), never above our hard limit."""
+    _soft, hard = p.rlimit(resource)
+    if hard != psutil.RLIM_INFINITY:
+        value = min(value, hard)
+    p.rlimit(resource, (value, value))
