@@ -236,8 +236,13 @@ class SystemConfig:
     capacity_cpus: float | None = None
     """Admission capacity; default: what psutil reports for this node."""
     capacity_memory: int | None = None
+    service_restart: RestartPolicy = field(default_factory=RestartPolicy)
+    """Restart intensity of the service actors and instance supervisors together (DESIGN.md
+    section 7): at most ``max_restarts`` within ``window`` seconds, then the system fails."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.service_restart, RestartPolicy):
+            raise ConfigError("SystemConfig.service_restart must be a RestartPolicy")
         if not isinstance(self.connection, ConnectionConfig):
             raise ConfigError("SystemConfig.connection must be a ConnectionConfig")
         if not isinstance(self.monitoring, MonitoringConfig):

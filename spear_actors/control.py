@@ -202,10 +202,13 @@ def tree_from_dict(data: Mapping[str, Any]) -> SupervisionTree:
                       "restart_policy": dict(node["supervisor"]["restart_policy"])})
         in_flight[node["instance_id"]] = {"in_flight": node.get("in_flight", 0)}
     tasks = dict(data.get("tasks", {}))
+    runtime = data.get("runtime", {})
     return SupervisionTree(endpoint=data.get("endpoint"),
-                           services=dict(data.get("runtime", {}).get("services", {})),
+                           services=dict(runtime.get("services", {})),
                            instances=nodes, taken_at=float(data.get("taken_at", time.time())),
-                           tasks={**tasks, "instances": in_flight})
+                           tasks={**tasks, "instances": in_flight},
+                           service_restarts=dict(runtime.get("service_restarts") or {}),
+                           failed=runtime.get("failed"))
 
 
 def _fields(cls: type[Any], data: Mapping[str, Any]) -> dict[str, Any]:

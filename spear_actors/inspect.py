@@ -38,13 +38,18 @@ class SupervisionTree:
     instances: list[dict[str, Any]]
     taken_at: float
     tasks: dict[str, Any]
+    service_restarts: dict[str, int] | None = None
+    failed: str | None = None
+    """Why the system gave up (DESIGN.md section 7), or None."""
 
     @classmethod
     def from_snapshots(cls, runtime: dict[str, Any], tasks: dict[str, Any] | None
                        ) -> SupervisionTree:
         return cls(endpoint=runtime.get("endpoint"), services=dict(runtime["services"]),
                    instances=list(runtime["instances"]), taken_at=time.time(),
-                   tasks=dict(tasks or {}))
+                   tasks=dict(tasks or {}),
+                   service_restarts=dict(runtime.get("service_restarts") or {}),
+                   failed=runtime.get("failed"))
 
     def to_dict(self) -> dict[str, Any]:
         in_flight = self.tasks.get("instances", {})
@@ -62,20 +67,25 @@ class SupervisionTree:
                 "last_error": info.last_error,
                 "in_flight": in_flight.get(info.id, {}).get("in_flight", 0)})
         return {"endpoint": self.endpoint, "taken_at": self.taken_at,
-                "runtime": {"alive": True, "services": dict(self.services)},
+                "runtime": {"alive": True, "services": dict(self.services),
+                            "service_restarts": dict(self.service_restarts or {}),
+                            "failed": self.failed},
                 "tasks": {"pending": self.tasks.get("pending", 0),
                           "queued": self.tasks.get("queued", 0)},
                 "instances": nodes}
 
     def __repr__(self) -> str:
         data = self.to_dict()
-        lines = [f"SpearSystem {self.endpoint or ''}".rstrip(), "└── RuntimeActor [alive]"]
+        root = f"└── RuntimeActor [{'FAILED: ' + self.failed if self.failed else 'alive'}]"
+        lines = [f"SpearSystem {self.endpoint or ''}".rstrip(), root]
         services = list(self.services.items())
         entries: list[tuple[str, list[str]]] = []
+        restarts = self.service_restarts or {}
         for name, alive in services:
-            extra = ""
+            extra = f" restarts {restarts[name]}" if restarts.get(name) else ""
             if name == "TaskExecutionManager":
-                extra = f"  {data['tasks']['pending']} in flight, {data['tasks']['queued']} queued"
+                extra += (f"  {data['tasks']['pending']} in flight, "
+                          f"{data['tasks']['queued']} queued")
             entries.append((f"{name} [{_alive(alive)}]{extra}", []))
         for node in data["instances"]:
             policy = node["supervisor"]["restart_policy"]

@@ -23,6 +23,54 @@ ActorRef = Any  # pykka.ActorRef[Any]; kept loose so this module imports no pykk
 # -- RuntimeActor ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Boot:
+    """ask -> ListenerInfo: start the services in order (monitor, listener and connection,
+    tasks); raises TransportError / ConfigError if the listener cannot be bound."""
+
+
+@dataclass(frozen=True)
+class ServiceFailed:
+    """A service actor died of an exception (sent from its ``on_failure``)."""
+
+    service: str
+    generation: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SupervisorFailed:
+    """An instance's SupervisorActor died of an exception (sent from its ``on_failure``)."""
+
+    instance_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class InjectCrash:
+    """ask -> None: make the actor named by ``target`` fail as a bug would
+    (``monitor``, ``connection``, ``tasks``, ``instance/<id>``, ``supervisor/<id>``);
+    raises SpearError for an unknown target."""
+
+    target: str
+
+
+@dataclass(frozen=True)
+class Query:
+    """ask -> a pykka Future of ``service``'s answer to ``message`` (the runtime forwards
+    without waiting, so a slow service never holds up the root)."""
+
+    service: str
+    message: Any
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """ask -> list of Futures[InstanceInfo]: stop every instance (reverse start order)."""
+
+    reason: str = "shutdown"
+
+
+@dataclass(frozen=True)
 class CreateInstance:
     """ask -> instance id (str); raises SpawnError / InsufficientResources / ConfigError."""
 
@@ -47,9 +95,28 @@ class ListInstances:
 
 @dataclass(frozen=True)
 class InstanceUpdated:
-    """An instance's state changed (from its InstanceActor or SupervisorActor)."""
+    """An instance's state changed (from its InstanceActor or SupervisorActor); updates of
+    an older ``generation`` than the newest seen are stale and ignored."""
 
     info: InstanceInfo
+    generation: int = 0
+
+
+@dataclass(frozen=True)
+class StopInstance:
+    """ask -> a pykka Future of the supervisor's answer (a Future[InstanceInfo] resolved
+    once STOPPED), or None if the instance's supervisor is already done."""
+
+    instance_id: str
+    reason: str = "operator"
+
+
+@dataclass(frozen=True)
+class RestartInstance:
+    """ask -> None: operator restart (InstanceFailed if it is STOPPED or FAILED)."""
+
+    instance_id: str
+    reason: str = "operator"
 
 
 @dataclass(frozen=True)
@@ -122,6 +189,14 @@ class DescribeSupervisor:
     """ask -> dict for the tree."""
 
 
+@dataclass(frozen=True)
+class Reattach:
+    """Service ``service`` was restarted with fresh state: tell it again what it must know
+    of this instance (sent by the root to every supervisor, which passes it to its child)."""
+
+    service: str
+
+
 # -- InstanceActor -------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -164,9 +239,9 @@ class KillProcess:
 
 @dataclass(frozen=True)
 class Crash:
-    """Test hook: make the InstanceActor raise (exercises supervision of actor failure)."""
+    """Make the receiving actor raise, as a bug would (``SpearSystem.inject_crash``)."""
 
-    message: str = "crash requested"
+    message: str = "crash injected"
 
 
 @dataclass(frozen=True)
@@ -187,6 +262,12 @@ class ExpectInstance:
     secret: str = field(repr=False)
     instance_ref: ActorRef = field(compare=False)
     generation: int = 0
+    listener_tag: bytes | None = None
+    """Its dedicated listener (per_instance_listeners), when it re-registers after a
+    ConnectionActor restart."""
+    routing_id: bytes | None = None
+    """The peer it was authenticated on before a ConnectionActor restart: told to
+    authenticate again at once."""
 
 
 @dataclass(frozen=True)
@@ -236,8 +317,9 @@ class ListConnections:
 
 @dataclass(frozen=True)
 class SendFailed:
+    """A frame that is not an execute request could not be sent (counted)."""
+
     routing_id: bytes
-    body: bytes
     reason: str
 
 
@@ -322,6 +404,8 @@ class InstanceRoute:
     window: int
     """Requests it may hold at once: max_concurrency + prefetch."""
     state: InstanceState
+    generation: int = 0
+    """Routes of an older generation than the newest seen are stale and ignored."""
 
 
 @dataclass(frozen=True)
@@ -356,6 +440,11 @@ class DrainSubmissions:
 @dataclass(frozen=True)
 class CheckDeadlines:
     pass
+
+
+@dataclass(frozen=True)
+class GetTaskStats:
+    """ask -> dict: pending, queued, per-instance load and counters."""
 
 
 class Submission(NamedTuple):

@@ -1,8 +1,11 @@
 """SpearSystem: the facade people use from scripts and the REPL (DESIGN.md section 3).
 
-Every method runs in the caller's thread and talks to the actors with bounded ``ask``s (or,
-for ``submit``, through the TaskExecutionManager's submission queue). Leaving the ``with``
-block stops every instance (gracefully, then SIGKILL) and every actor and thread.
+Every method runs in the caller's thread and talks to the RuntimeActor only, with bounded
+``ask``s (queries to a service go through the root's ``Query`` and are retried while that
+service is being restarted), or, for ``submit``, through the root's submission queue.
+Leaving the ``with`` block stops every instance (gracefully, then SIGKILL) and every actor
+and thread. Once the system has failed (DESIGN.md section 7) every call raises
+:class:`~spear_actors.errors.SystemFailed`.
 """
 
 from __future__ import annotations
@@ -19,29 +22,25 @@ from typing import Any
 import pykka
 
 from ._log import logger
-from .actors.connection import ConnectionActor
-from .actors.deps import Deps, ListenerInfo
-from .actors.instance import InstanceActor
-from .actors.monitor import MonitorActor
-from .actors.runtime import RuntimeActor
-from .actors.tasks import SubmissionQueue, TaskExecutionManager, start_deadline_checks
+from .actors.deps import ActorSet
+from .actors.intake import SubmissionQueue
+from .actors.runtime import BootInfo, RuntimeActor
 from .config import InstanceConfig, ResourceLimits, SystemConfig
 from .errors import ConfigError, InstanceFailed, SpearError, SystemFailed, TimeoutError
 from .inspect import SupervisionTree
 from .messages import (
-    Crash,
+    Boot,
     CreateInstance,
-    DescribeInstance,
     DescribeTree,
     GetEvents,
     GetMetrics,
-    GetSupervisor,
+    GetTaskStats,
+    InjectCrash,
     ListConnections,
     ListInstances,
-    RestartSupervised,
-    StartListening,
-    StopListening,
-    StopSupervised,
+    Query,
+    RestartInstance,
+    StopInstance,
     Submission,
     WatchState,
 )
@@ -68,10 +67,9 @@ class SpearSystem:
         self.work_dir = config.work_dir or tempfile.mkdtemp(prefix="spear-work-")
         self._scheduler = Scheduler()
         self._watcher = ProcessWatcher()
-        self._intake = SubmissionQueue()
-        self._refs: list[pykka.ActorRef[Any]] = []
-        self._deadline_timer: Any = None
-        self._deps: Deps | None = None
+        self._runtime: pykka.ActorRef[Any] | None = None
+        self._intake: SubmissionQueue | None = None
+        self._children = ActorSet()
         self.endpoint = ""
         self.port: int | None = None
         self._failure: SystemFailed | None = None
@@ -91,28 +89,12 @@ class SpearSystem:
         return system
 
     def _boot(self) -> None:
-        cfg = self.config
-        monitor = MonitorActor.start(cfg.monitoring, self._scheduler)
-        self._refs.append(monitor)
-        tasks = TaskExecutionManager.start(self._intake, monitor)
-        self._refs.append(tasks)
-        fast_path = tasks.proxy().fast_path(cfg.connection.max_message_size).get(
-            timeout=ASK_TIMEOUT)
-        connection = ConnectionActor.start(cfg.connection, monitor, tasks, fast_path)
-        self._refs.append(connection)
-        listening: dict[str, Any] = self._ask(connection, StartListening())
-        self.endpoint, self.port = listening["endpoint"], listening["port"]
-        tasks.tell(("sender", listening["sender"]))
-        runtime = RuntimeActor.start(cfg, self.work_dir)
-        self._refs.append(runtime)
-        self._deps = Deps(runtime=runtime, connection=connection, monitor=monitor,
-                          tasks=tasks, scheduler=self._scheduler, watcher=self._watcher,
-                          listener=ListenerInfo(self.endpoint, self.port,
-                                                listening["transport"],
-                                                cfg.connection.curve_public_key,
-                                                cfg.connection.per_instance_listeners))
-        runtime.tell(self._deps)
-        self._deadline_timer = start_deadline_checks(self._scheduler, tasks)
+        runtime = RuntimeActor.start(self.config, self.work_dir, self._scheduler,
+                                     self._watcher, self._escalated)
+        self._runtime = runtime
+        boot: BootInfo = self._ask(runtime, Boot())
+        self.endpoint, self.port = boot.endpoint, boot.port
+        self._intake, self._children = boot.intake, boot.children
         logger.info("spear system up on {}", self.endpoint)
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -123,22 +105,16 @@ class SpearSystem:
                 return
             self._closed = True
         deadline = time.monotonic() + timeout
-        deps = self._deps
-        if deps is not None and deps.runtime.is_alive():
-            self._stop_all_instances(deps, deadline)
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-        if deps is not None:
-            for ref in deps.children.snapshot():  # anything that did not stop by itself
-                ref.stop(block=False)
-            for ref in deps.children.snapshot():
-                ref.stop(timeout=max(0.1, deadline - time.monotonic()))
-        for ref in reversed(self._refs):
+        runtime = self._runtime
+        if runtime is not None and runtime.is_alive():
+            self._stop_all_instances(runtime, deadline)
+        for ref in self._children.snapshot():  # anything that did not stop by itself
+            ref.stop(block=False)
+        for ref in self._children.snapshot():
+            ref.stop(timeout=max(0.1, deadline - time.monotonic()))
+        if runtime is not None:
             try:
-                if isinstance(ref.actor_class, type) and \
-                        issubclass(ref.actor_class, ConnectionActor):
-                    ref.ask(StopListening(), timeout=ASK_TIMEOUT)
-                ref.stop(timeout=ASK_TIMEOUT)
+                runtime.stop(timeout=ASK_TIMEOUT)  # stops the services, reverse start order
             except (pykka.ActorDeadError, pykka.Timeout):
                 pass
         self._watcher.stop()
@@ -147,16 +123,18 @@ class SpearSystem:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         logger.info("spear system down")
 
-    def _stop_all_instances(self, deps: Deps, deadline: float) -> None:
-        infos: list[InstanceInfo] = self._ask(deps.runtime, ListInstances())
+    def _stop_all_instances(self, runtime: pykka.ActorRef[Any], deadline: float) -> None:
+        try:
+            infos: list[InstanceInfo] = self._ask(runtime, ListInstances())
+        except SpearError:
+            return
         futures: list[Future[InstanceInfo]] = []
         for info in reversed(infos):  # reverse start order
-            sup = self._ask(deps.runtime, GetSupervisor(info.id))
-            if sup is None:
-                continue
             try:
-                futures.append(self._ask(sup, StopSupervised("shutdown")))
-            except SpearError:
+                reply = self._ask(runtime, StopInstance(info.id, "shutdown"))
+                if reply is not None:
+                    futures.append(reply.get(timeout=max(0.1, deadline - time.monotonic())))
+            except (SpearError, pykka.ActorDeadError, pykka.Timeout):
                 continue
         for future in futures:
             try:
@@ -178,6 +156,7 @@ class SpearSystem:
         """The root gave up (called once, from the runtime's thread)."""
         self._failure = error
         self._failed.set()
+        logger.critical("{}", error)
 
     def __enter__(self) -> SpearSystem:
         return self
@@ -191,10 +170,14 @@ class SpearSystem:
 
     # -- helpers -------------------------------------------------------------------------------
     @property
-    def deps(self) -> Deps:
-        if self._deps is None or self._closed:
+    def runtime(self) -> pykka.ActorRef[Any]:
+        """The root actor (raises SystemFailed after an escalation, SpearError once shut
+        down)."""
+        if self._failure is not None:
+            raise self._failure
+        if self._runtime is None or self._closed:
             raise SpearError("the system is not running")
-        return self._deps
+        return self._runtime
 
     def _ask(self, ref: pykka.ActorRef[Any], message: Any, timeout: float = ASK_TIMEOUT
              ) -> Any:
@@ -204,14 +187,28 @@ class SpearSystem:
             raise TimeoutError(f"{type(message).__name__} got no answer within "
                                f"{timeout} s") from exc
         except pykka.ActorDeadError as exc:
+            if self._failure is not None:
+                raise self._failure from exc
             raise SpearError("the system is not running") from exc
 
-    def _supervisor(self, instance_id: str) -> pykka.ActorRef[Any]:
-        sup = self._ask(self.deps.runtime, GetSupervisor(instance_id))
-        if sup is None:
-            info = self.instance(instance_id)
-            raise InstanceFailed(f"instance {instance_id} is {info.state.value}", instance_id)
-        return sup  # type: ignore[no-any-return]
+    def _query(self, service: str, message: Any, timeout: float = ASK_TIMEOUT) -> Any:
+        """Ask service ``service`` through the root; while it is being restarted (a dead
+        incarnation), ask its successor, within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            runtime = self.runtime
+            left = max(0.01, deadline - time.monotonic())
+            try:
+                return runtime.ask(Query(service, message), timeout=left).get(timeout=left)
+            except pykka.Timeout as exc:
+                raise TimeoutError(f"{type(message).__name__} got no answer within "
+                                   f"{timeout} s") from exc
+            except pykka.ActorDeadError as exc:
+                if not runtime.is_alive() or time.monotonic() >= deadline:
+                    if self._failure is not None:
+                        raise self._failure from exc
+                    raise SpearError(f"the {service} service is not running") from exc
+                self._failed.wait(0.01)  # it is being restarted: ask its successor
 
     # -- instances -----------------------------------------------------------------------------
     def create_instance(self, task_id: str, config: InstanceConfig,
@@ -220,7 +217,7 @@ class SpearSystem:
         READY once it authenticates: see :meth:`wait_ready`)."""
         if not isinstance(config, InstanceConfig):
             raise ConfigError("config must be an InstanceConfig")
-        return self._ask(self.deps.runtime,  # type: ignore[no-any-return]
+        return self._ask(self.runtime,  # type: ignore[no-any-return]
                          CreateInstance(task_id, config, limits or ResourceLimits()))
 
     def wait_ready(self, instance_id: str, timeout: float = 10.0) -> InstanceInfo:
@@ -231,7 +228,7 @@ class SpearSystem:
     def wait_state(self, instance_id: str, states: set[InstanceState] | frozenset[
             InstanceState], timeout: float = 10.0) -> InstanceInfo:
         event = threading.Event()
-        self._ask(self.deps.runtime, WatchState(instance_id, frozenset(states), event))
+        self._ask(self.runtime, WatchState(instance_id, frozenset(states), event))
         if not event.wait(timeout):
             info = self.instance(instance_id)
             raise TimeoutError(f"instance {instance_id} not {'/'.join(s.name for s in states)}"
@@ -267,11 +264,11 @@ class SpearSystem:
         return infos
 
     def _runtime_infos(self, task_id: str | None = None) -> list[InstanceInfo]:
-        return self._ask(self.deps.runtime, ListInstances(task_id))  # type: ignore[no-any-return]
+        return self._ask(self.runtime, ListInstances(task_id))  # type: ignore[no-any-return]
 
     def _with_load(self, infos: list[InstanceInfo]) -> list[InstanceInfo]:
         """READY -> BUSY where the task manager says every slot holds a request."""
-        load = self._ask(self.deps.tasks, "stats").get("instances", {})
+        load = self._query("tasks", GetTaskStats()).get("instances", {})
         return [replace(info, state=InstanceState.BUSY)
                 if info.state is InstanceState.READY and load.get(info.id, {}).get("busy")
                 else info for info in infos]
@@ -279,34 +276,32 @@ class SpearSystem:
     def stop_instance(self, instance_id: str, timeout: float = 30.0) -> InstanceInfo:
         """Stop it for good (SIGNAL stop, SIGTERM, stop_timeout, SIGKILL); not a failure.
         Idempotent: an instance already STOPPED (or FAILED) is returned as it is."""
-        sup = self._ask(self.deps.runtime, GetSupervisor(instance_id))
-        if sup is None:  # its supervisor is done: nothing left to stop
+        reply = self._ask(self.runtime, StopInstance(instance_id, "operator"))
+        if reply is None:  # its supervisor is done: nothing left to stop
             return self.instance(instance_id)
-        future: Future[InstanceInfo] = self._ask(sup, StopSupervised("operator"))
         try:
+            future: Future[InstanceInfo] = reply.get(timeout=ASK_TIMEOUT)
             return future.result(timeout)
-        except FutureTimeout as exc:
+        except pykka.ActorDeadError:  # it finished (or failed) meanwhile
+            return self.instance(instance_id)
+        except (FutureTimeout, pykka.Timeout) as exc:
             raise TimeoutError(f"instance {instance_id} did not stop in {timeout} s") from exc
 
     def restart_instance(self, instance_id: str) -> None:
         """Replace the process now (operator restart: not counted against the policy)."""
-        self._supervisor(instance_id).tell(RestartSupervised("operator"))
+        self._ask(self.runtime, RestartInstance(instance_id, "operator"))
 
-    def _crash_instance_actor(self, instance_id: str) -> None:
-        """Test hook: make the instance's actor raise, to exercise supervision.
+    def inject_crash(self, target: str) -> None:
+        """Chaos and drills: make one actor fail as a bug would (DESIGN.md section 7).
 
-        Raises SpearError if the instance has no live actor (it used to do nothing then)."""
-        for ref in self.deps.children.snapshot():
-            if not issubclass(ref.actor_class, InstanceActor):
-                continue
-            try:
-                info: Any = ref.ask(DescribeInstance(), timeout=ASK_TIMEOUT)
-            except (pykka.ActorDeadError, pykka.Timeout):
-                continue
-            if info.id == instance_id:
-                ref.tell(Crash())
-                return
-        raise SpearError(f"instance {instance_id!r} has no live actor")
+        ``target`` is ``"monitor"``, ``"connection"``, ``"tasks"`` (a service actor: the
+        root restarts it with fresh state, event ``ServiceRestarted``), ``"instance/<id>"``
+        (the instance actor: its supervisor restarts the instance) or ``"supervisor/<id>"``
+        (the supervisor: its instance dies with it and the root starts both afresh). Service
+        and supervisor failures count against ``SystemConfig.service_restart``; past it the
+        system fails (``SystemFailed``). Raises SpearError for an unknown target.
+        """
+        self._ask(self.runtime, InjectCrash(target))
 
     # -- work ----------------------------------------------------------------------------------
     def submit(self, target: str, data: bytes, method: str = "", timeout: float | None = None,
@@ -314,7 +309,9 @@ class SpearSystem:
         """Send ``data`` to an instance of task ``target`` (or the instance ``target``);
         returns a Future of the answer. ``retries`` > 0 marks the call idempotent: it may be
         re-sent to another instance if its instance dies."""
-        if self._closed:
+        if self._failure is not None:
+            raise self._failure
+        if self._closed or self._intake is None:
             raise SpearError("the system is not running")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("data must be bytes")
@@ -338,25 +335,27 @@ class SpearSystem:
 
     # -- inspection ----------------------------------------------------------------------------
     def connections(self) -> list[ConnectionState]:
-        return self._ask(self.deps.connection, ListConnections())  # type: ignore[no-any-return]
+        return self._query("connection", ListConnections())  # type: ignore[no-any-return]
 
     def tree(self) -> SupervisionTree:
-        runtime = self._ask(self.deps.runtime, DescribeTree())
+        runtime = self._ask(self.runtime, DescribeTree())
         try:
-            tasks = self._ask(self.deps.tasks, "stats", timeout=2.0)
+            tasks = self._query("tasks", GetTaskStats(), timeout=2.0)
+        except SystemFailed:
+            raise
         except SpearError:
             tasks = None
         return SupervisionTree.from_snapshots(runtime, tasks)
 
     def metrics(self) -> dict[str, Any]:
-        snapshot: dict[str, Any] = self._ask(self.deps.monitor, GetMetrics())
-        snapshot["tasks"] = self._ask(self.deps.tasks, "stats")
+        snapshot: dict[str, Any] = self._query("monitor", GetMetrics())
+        snapshot["tasks"] = self._query("tasks", GetTaskStats())
         return snapshot
 
     def events(self, limit: int | None = 100, kinds: set[str] | None = None,
                since_seq: int | None = None) -> list[Event]:
-        return self._ask(self.deps.monitor,  # type: ignore[no-any-return]
-                         GetEvents(limit, frozenset(kinds) if kinds else None, since_seq))
+        return self._query("monitor",  # type: ignore[no-any-return]
+                           GetEvents(limit, frozenset(kinds) if kinds else None, since_seq))
 
 
 _START = object()

@@ -7,7 +7,7 @@ got str 'x'``, so the CLI can refuse a bad file before anything starts.
 
 Layout (all tables optional; see the commented ``spear.toml`` at the repository root)::
 
-    [system]      work_dir, capacity_cpus, capacity_memory
+    [system]      work_dir, capacity_cpus, capacity_memory, [system.service_restart]
     [connection]  ConnectionConfig fields
     [monitoring]  MonitoringConfig fields
     [[tasks]]     name, command, instances, resources = {ResourceLimits fields},
@@ -35,6 +35,7 @@ from .config import (
     InstanceConfig,
     MonitoringConfig,
     ResourceLimits,
+    RestartPolicy,
     SystemConfig,
     from_mapping,
 )
@@ -49,7 +50,7 @@ __all__ = ["PYTHON_PLACEHOLDER", "SpearFile", "TaskSpec", "load", "parse", "pars
 
 PYTHON_PLACEHOLDER = "{python}"
 _TOP_KEYS = ("connection", "monitoring", "system", "tasks")
-_SYSTEM_KEYS = ("capacity_cpus", "capacity_memory", "work_dir")
+_SYSTEM_KEYS = ("capacity_cpus", "capacity_memory", "service_restart", "work_dir")
 _TASK_KEYS = ("instances", "name", "resources")
 _INSTANCE_KEYS = tuple(f.name for f in dataclasses.fields(InstanceConfig) if f.init)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -146,7 +147,13 @@ def _build(data: dict[str, Any], source: str, base_dir: str) -> SpearFile:
                                                      "system.capacity_memory")
     if isinstance(system_table.get("work_dir"), str):
         system_table["work_dir"] = _path(base_dir, system_table["work_dir"])
+    restart_table = system_table.pop("service_restart", None)
     system = from_mapping(SystemConfig, system_table, "system")
+    if restart_table is not None:
+        if not isinstance(restart_table, dict):
+            raise ConfigError("system.service_restart: expected a table")
+        system = replace(system, service_restart=from_mapping(
+            RestartPolicy, restart_table, "system.service_restart"))
     system = replace(
         system,
         connection=from_mapping(ConnectionConfig, _table(data, "connection"), "connection"),

@@ -1,25 +1,29 @@
 """ConnectionActor (the seed's ConnectionManager): peer sessions, auth and heartbeats.
 
-Owns the router pump and the sans-IO :class:`ServerProtocol`. The pump thread hands inbound
-frames to this actor in batches (one ``tell`` per batch) and ticks it every 100 ms for
-deadlines; this actor's thread applies the protocol, sends replies through the pump, and
+Owns the sans-IO :class:`ServerProtocol` and drives the root's
+:class:`~spear_actors.actors.listener.Listener` (its router pump). The pump thread hands
+inbound frames to this actor in batches (one ``tell`` per batch) and ticks it every 100 ms
+for deadlines; this actor's thread applies the protocol, sends replies through the pump, and
 tells the right InstanceActor about auth, disconnects and heartbeat loss. Execute responses
 go to the TaskExecutionManager in one message per batch.
+
+Restart (DESIGN.md section 7): a new incarnation starts with no session at all. Every live
+InstanceActor registers again (``ExpectInstance`` with its current secret, its dedicated
+listener and the peer it was authenticated on); that peer is told ERROR
+``not_authenticated`` at once, so the instance authenticates again within a round trip
+instead of a heartbeat timeout.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-import pykka
-
 from .._log import logger
 from ..config import ConnectionConfig
-from ..errors import RemoteProtocolError, TransportError
+from ..errors import TransportError
 from ..messages import (
     CloseConnection,
     ConnectionAuthenticated,
@@ -36,12 +40,10 @@ from ..messages import (
     RecordMessages,
     SendFailed,
     SendSignal,
-    StartListening,
     StopListening,
-    Undeliverable,
 )
 from ..protocol.auth import AuthPolicy
-from ..protocol.codec import decode
+from ..protocol.codec import pack
 from ..protocol.server import (
     Authenticated,
     AuthenticationFailed,
@@ -54,10 +56,11 @@ from ..protocol.server import (
     ServerProtocol,
     ServerSettings,
 )
-from ..protocol.types import Error, ExecuteResponse, MessageType, Signal
+from ..protocol.types import Error, ErrorCode, ExecuteResponse, Signal
 from ..records import ConnectionState
 from ..transport.router import Inbound, RouterPump
-from .deps import safe_tell
+from .deps import ServiceHandle, ServiceLink, Services, safe_tell
+from .listener import Listener
 from .service import ServiceActor
 
 __all__ = ["ConnectionActor"]
@@ -73,16 +76,13 @@ def _clip(text: str | None) -> str | None:
 class ConnectionActor(ServiceActor):
     """Every peer of the spearlet's listener. See the module docstring for the threads."""
 
-    ASKED = (StartListening, StopListening, ListConnections, OpenListener)
-
-    def __init__(self, config: ConnectionConfig, monitor: pykka.ActorRef[Any],
-                 tasks: pykka.ActorRef[Any] | None = None,
-                 fast_path: Callable[[list[Inbound]], list[Inbound]] | None = None) -> None:
-        super().__init__()
-        self._fast_path = fast_path
+    def __init__(self, config: ConnectionConfig, listener: Listener, services: Services,
+                 link: ServiceLink | None = None) -> None:
+        super().__init__(link)
         self.config = config
-        self._monitor = monitor
-        self._tasks = tasks
+        self._listener = listener
+        self._monitor: ServiceHandle = services.handle("monitor")
+        self._tasks: ServiceHandle = services.handle("tasks")
         self._policy = AuthPolicy(config.secret_validator, config.max_connections)
         self._protocol = ServerProtocol(ServerSettings(
             heartbeat_interval=config.heartbeat_interval,
@@ -91,31 +91,18 @@ class ConnectionActor(ServiceActor):
             connection_timeout=config.connection_timeout,
             max_pending=config.max_pending,
             max_message_size=config.max_message_size), self._policy, wall_clock=time.time,
+            new_connection_id=listener.new_connection_id,
             auth_scope=self._auth_scope if config.per_instance_listeners else None)
         self._listener_of: dict[str, tuple[bytes, int]] = {}  # instance -> (tag, generation)
         self._owner_of_tag: dict[bytes, str] = {}
-        self._instances: dict[str, tuple[pykka.ActorRef[Any], int]] = {}
-        self._seen: dict[bytes, float] = {}
-        """routing id -> last frame time, written by the pump thread, read on each tick (a
-        touch lost to the race is harmless: heartbeats come every interval)."""
-        self._pump: RouterPump | None = None
+        self._instances: dict[str, tuple[Any, int]] = {}  # instance -> (ActorRef, generation)
+        self._seen = listener.seen
+        self._pump: RouterPump = listener.pump
         self._sends: list[tuple[bytes, bytes]] = []
         self._opened = self._closed = self._auth_failures = 0
         self._errors: dict[str, int] = {}
         self._last_counts: tuple[int, int] = (-1, -1)
         self._log = logger.bind(actor="connection")
-
-    # -- lifecycle -----------------------------------------------------------------------------
-    def on_stop(self) -> None:
-        self._stop_pump()
-
-    def on_failure(self, *exc_info: object) -> None:
-        self._stop_pump()
-
-    def _stop_pump(self) -> None:
-        if self._pump is not None:
-            self._pump.stop()
-            self._pump = None
 
     def handle(self, message: Any) -> Any:
         match message:
@@ -125,12 +112,8 @@ class ConnectionActor(ServiceActor):
                 self._touch_seen()
                 self._apply(self._protocol.tick(now), now)
                 self._flush(now)
-            case ExpectInstance(instance_id, secret, ref, generation):
-                now = time.monotonic()
-                self._apply(self._protocol.close_instance(instance_id, "replaced", now), now)
-                self._policy.expect(instance_id, secret)
-                self._instances[instance_id] = (ref, generation)
-                self._flush(now)
+            case ExpectInstance(instance_id, secret, ref, generation, tag, routing_id):
+                self._expect(instance_id, secret, ref, generation, tag, routing_id)
             case OpenListener(instance_id, generation):
                 return self._open_listener(instance_id, generation)
             case ForgetInstance(instance_id, generation, reason):
@@ -153,17 +136,14 @@ class ConnectionActor(ServiceActor):
                 now = time.monotonic()
                 self._apply(self._protocol.close_instance(instance_id, reason, now), now)
                 self._flush(now)
-            case SendFailed(routing_id, body, reason):
-                self._send_failed(routing_id, body, reason)
+            case SendFailed():
+                self._errors["send_failed"] = self._errors.get("send_failed", 0) + 1
             case ListConnections():
                 return self._connections()
-            case StartListening():
-                return self._start_listening()
             case StopListening():
                 now = time.monotonic()
                 self._apply(self._protocol.close_all("shutdown", now), now)
                 self._flush(now)
-                self._stop_pump()
             case _:
                 self._log.warning("unexpected message {!r}", type(message).__name__)
         return None
@@ -176,31 +156,20 @@ class ConnectionActor(ServiceActor):
                         last_activity=state.last_activity + offset)
                 for state in (s.snapshot() for s in self._protocol.sessions())]
 
-    def _start_listening(self) -> dict[str, Any]:
-        if self._pump is not None:
-            raise TransportError("already listening")
-        ref = self.actor_ref
-        fast = self._fast_path
-
-        seen = self._seen
-
-        def consume(frames: list[Inbound]) -> None:  # pump thread
-            for frame in frames:  # every frame proves liveness, fast-path answers included
-                seen[frame.routing_id] = frame.received_at
-            rest = fast(frames) if fast is not None else frames
-            if rest:
-                ref.tell(InboundBatch(rest))
-
-        pump = RouterPump(consume, self.config,
-                          on_tick=lambda now: ref.tell(ConnectionTick(now)),
-                          on_send_failed=lambda rid, body, why: ref.tell(
-                              SendFailed(rid, body, why)))
-        pump.start()
-        self._pump = pump
-        assert pump.bound is not None
-        self._log.info("listening on {}", pump.endpoint)
-        return {"endpoint": pump.endpoint, "port": pump.port, "transport": pump.bound.transport,
-                "sender": pump.send_many}
+    def _expect(self, instance_id: str, secret: str, ref: Any, generation: int,
+                tag: bytes | None, routing_id: bytes | None) -> None:
+        now = time.monotonic()
+        self._apply(self._protocol.close_instance(instance_id, "replaced", now), now)
+        self._policy.expect(instance_id, secret)
+        self._instances[instance_id] = (ref, generation)
+        if tag is not None:  # re-registered after a restart: its dedicated listener
+            self._listener_of[instance_id] = (tag, generation)
+            self._owner_of_tag[tag] = instance_id
+        if routing_id is not None:  # it was authenticated with our predecessor: ask again
+            self._sends.append((routing_id, pack(Error(
+                ErrorCode.NOT_AUTHENTICATED.value, "the spearlet restarted its connection "
+                "service: authenticate again"), 0, time.time())))
+        self._flush(now)
 
     def _touch_seen(self) -> None:
         seen = self._seen
@@ -218,7 +187,7 @@ class ConnectionActor(ServiceActor):
         return self._owner_of_tag.get(tag) == instance_id
 
     def _open_listener(self, instance_id: str, generation: int) -> dict[str, Any]:
-        if self._pump is None or not self.config.per_instance_listeners:
+        if not self.config.per_instance_listeners:
             raise TransportError("dedicated listeners are not enabled")
         if instance_id in self._listener_of:
             self._close_listener(instance_id)
@@ -228,13 +197,13 @@ class ConnectionActor(ServiceActor):
         bound = self._pump.add_listener(tag).result(timeout=10.0)
         self._listener_of[instance_id] = (tag, generation)
         self._owner_of_tag[tag] = instance_id
-        return {"endpoint": bound.endpoint, "port": bound.port, "transport": bound.transport}
+        return {"endpoint": bound.endpoint, "port": bound.port, "transport": bound.transport,
+                "tag": tag}
 
     def _close_listener(self, instance_id: str) -> None:
         tag, _ = self._listener_of.pop(instance_id)
         self._owner_of_tag.pop(tag, None)
-        if self._pump is not None:
-            self._pump.remove_listener(tag)  # its peers are gone with it
+        self._pump.remove_listener(tag)  # its peers are gone with it
 
     # -- traffic -------------------------------------------------------------------------------
     def _inbound(self, frames: list[Inbound]) -> None:
@@ -252,8 +221,8 @@ class ConnectionActor(ServiceActor):
                                       p.ok, p.data, p.error))
                 else:
                     self._apply([out], now)
-        if responses and self._tasks is not None:
-            self._tasks.tell(ExecuteResponses(responses, now))
+        if responses:
+            safe_tell(self._tasks, ExecuteResponses(responses, now))
         self._flush(now)
 
     def _apply(self, outputs: list[Output], now: float) -> None:
@@ -283,8 +252,7 @@ class ConnectionActor(ServiceActor):
                                 instance_id=_clip(instance_id), reason=reason)
                 case Closed(connection_id, routing_id, instance_id, reason, was_auth):
                     self._closed += 1
-                    if self._pump is not None:
-                        self._pump.forget(routing_id)
+                    self._pump.forget(routing_id)
                     if reason == "heartbeat_timeout":
                         self._event("HeartbeatTimeout", wall, connection_id=connection_id,
                                     instance_id=instance_id)
@@ -302,30 +270,21 @@ class ConnectionActor(ServiceActor):
                 case Dropped(_, code, _):
                     self._errors[code] = self._errors.get(code, 0) + 1
 
-    def _send_failed(self, routing_id: bytes, body: bytes, reason: str) -> None:
-        self._errors["send_failed"] = self._errors.get("send_failed", 0) + 1
-        try:
-            message = decode(body)
-        except RemoteProtocolError:
-            return
-        if message.message_type is MessageType.EXECUTE_REQUEST and self._tasks is not None:
-            self._tasks.tell(Undeliverable(routing_id, message.request_id, reason))
-
     def _event(self, kind: str, wall: float, **data: Any) -> None:
-        self._monitor.tell(RecordEvent(kind, data, wall))
+        safe_tell(self._monitor, RecordEvent(kind, data, wall))
 
     def _flush(self, now: float) -> None:
-        if self._sends and self._pump is not None:
+        if self._sends:
             self._pump.send_many(self._sends)
             self._sends = []
         stats = self._protocol.take_message_stats()
         if stats:
-            self._monitor.tell(RecordMessages(stats, time.time()))
+            safe_tell(self._monitor, RecordMessages(stats, time.time()))
         counts = (self._protocol.authenticated_count, self._protocol.pending_count)
         if counts != self._last_counts or self._opened or self._closed or self._errors:
-            self._monitor.tell(ConnectionCounts(counts[0], counts[1], self._opened,
-                                                self._closed, self._auth_failures,
-                                                dict(self._errors)))
+            safe_tell(self._monitor, ConnectionCounts(counts[0], counts[1], self._opened,
+                                                      self._closed, self._auth_failures,
+                                                      dict(self._errors)))
             self._last_counts = counts
             self._opened = self._closed = self._auth_failures = 0
             self._errors = {}

@@ -8,6 +8,13 @@ the process: stopping and killing run in short-lived helper threads.
 States: STARTING -> CONNECTING -> READY <-> (BUSY is the task manager's view) ->
 UNHEALTHY (heartbeat lost: killed) / STOPPING (operator) -> exit reported to the supervisor,
 which decides RESTARTING, STOPPED or FAILED.
+
+This actor is the owner of what the service actors must know about its instance: the secret,
+the dedicated listener, the routing id it is authenticated on, the pid. When the root
+restarts a service, ``Reattach`` makes it tell the new incarnation again: a restarted
+ConnectionActor gets ``ExpectInstance`` (the instance goes CONNECTING until it has
+authenticated again, and keeps its route meanwhile so that answers in flight still arrive),
+a restarted task manager gets the route, a restarted monitor the pid.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from ..messages import (
     KillProcess,
     OpenListener,
     ProcessExited,
+    Reattach,
     RecordEvent,
     SendSignal,
     StartupTimedOut,
@@ -81,6 +89,8 @@ class InstanceActor(pykka.ThreadingActor):
         self._proc: ManagedProcess | None = None
         self._connection_id: str | None = None
         self._session_id: str | None = None
+        self._routing_id: bytes | None = None
+        self._listener_tag: bytes | None = None
         self._started_at: float | None = None
         self._startup_timer: TimerHandle | None = None
         self._exit_reason: str | None = None
@@ -128,13 +138,13 @@ class InstanceActor(pykka.ThreadingActor):
     def _launch(self) -> None:
         deps = self._deps
         self._set_state(InstanceState.STARTING)
-        deps.connection.tell(ExpectInstance(self.instance_id, self._secret, self.actor_ref,
-                                            self.generation))
+        self._expect()
         listener = deps.listener
         if listener.per_instance:
             own: dict[str, Any] = cast(dict[str, Any], deps.connection.ask(
                 OpenListener(self.instance_id, self.generation), timeout=10.0))
             listener = replace(listener, endpoint=own["endpoint"], port=own["port"])
+            self._listener_tag = own["tag"]
         extra = dict(self.config.env)
         extra.setdefault("SPEAR_MAX_CONCURRENCY", str(self.config.max_concurrency))
         if listener.curve_public_key:
@@ -155,7 +165,7 @@ class InstanceActor(pykka.ThreadingActor):
         holder.append(self._proc.pid)
         self._started_at = time.time()
         self._log.info("started pid {} (generation {})", self._proc.pid, self.generation)
-        deps.monitor.tell(TrackProcess(self.instance_id, self._proc.pid))
+        safe_tell(deps.monitor, TrackProcess(self.instance_id, self._proc.pid))
         self._event("InstanceStarted", pid=self._proc.pid, generation=self.generation)
         self._set_state(InstanceState.CONNECTING)
         self._startup_timer = deps.scheduler.call_later(
@@ -183,6 +193,8 @@ class InstanceActor(pykka.ThreadingActor):
                 raise RuntimeError(text)
             case DescribeInstance():
                 return self.info()
+            case Reattach(service):
+                self._reattach(service)
             case _:
                 self._log.warning("unexpected message {!r}", type(message).__name__)
         return None
@@ -193,19 +205,19 @@ class InstanceActor(pykka.ThreadingActor):
         self._cancel_timer()
         self._connection_id = connection_id
         self._session_id = session_id
+        self._routing_id = routing_id
         # route before publishing READY: whoever wait_ready()s may submit at once, and the
         # manager must know the instance by then (else "no task or instance named ...")
-        self._deps.tasks.tell(InstanceRoute(self.instance_id, self.task_id, routing_id,
-                                            self._window, InstanceState.READY))
+        self._route(InstanceState.READY)
         self._set_state(InstanceState.READY)
         self._event("InstanceReady", pid=self._proc.pid, connection_id=connection_id,
                     generation=self.generation)
-        self._supervisor.tell(ChildReady(self.generation, time.monotonic()))
+        safe_tell(self._supervisor, ChildReady(self.generation, time.monotonic()))
 
     def _connection_lost(self, connection_id: str, reason: str) -> None:
         if connection_id != self._connection_id:
             return  # an older connection we already replaced
-        self._connection_id = self._session_id = None
+        self._connection_id = self._session_id = self._routing_id = None
         self._unroute()
         if self._stopping or self._proc is None or self._proc.returncode is not None:
             return
@@ -215,11 +227,38 @@ class InstanceActor(pykka.ThreadingActor):
             self._kill(reason)
             return
         # the client may reconnect (e.g. it closed and will retry): give it startup_timeout
+        self._await_auth()
+
+    def _await_auth(self) -> None:
+        """CONNECTING, killed as a startup timeout unless it authenticates in time."""
         self._set_state(InstanceState.CONNECTING)
         ref = self.actor_ref
         self._cancel_timer()
         self._startup_timer = self._deps.scheduler.call_later(
             self.config.startup_timeout, lambda: safe_tell(ref, StartupTimedOut()))
+
+    def _reattach(self, service: str) -> None:
+        """A service was restarted with fresh state: tell it what it must know of us."""
+        proc = self._proc
+        if self._stopping or self._reported or proc is None or proc.returncode is not None:
+            return
+        if service == "monitor":
+            safe_tell(self._deps.monitor, TrackProcess(self.instance_id, proc.pid))
+        elif service == "tasks":
+            if self._routing_id is not None and self.state is InstanceState.READY:
+                self._route(InstanceState.READY)
+        elif service == "connection":
+            self._expect(self._routing_id)
+            if self._connection_id is not None:  # it must authenticate with the new one
+                self._connection_id = self._session_id = None
+                # no new requests meanwhile; those in flight may still be answered
+                self._route(InstanceState.CONNECTING)
+                self._await_auth()
+
+    def _expect(self, routing_id: bytes | None = None) -> None:
+        safe_tell(self._deps.connection, ExpectInstance(
+            self.instance_id, self._secret, self.actor_ref, self.generation,
+            self._listener_tag, routing_id))
 
     def _graceful_stop(self, reason: str) -> None:
         if self._stopping:
@@ -231,7 +270,7 @@ class InstanceActor(pykka.ThreadingActor):
             return
         self._set_state(InstanceState.STOPPING)
         self._unroute()
-        self._deps.connection.tell(SendSignal(self.instance_id, "stop", reason))
+        safe_tell(self._deps.connection, SendSignal(self.instance_id, "stop", reason))
         proc, timeout = self._proc, self.config.stop_timeout
         # the stop SIGNAL can only help a connected instance: others get SIGTERM at once
         grace = min(STOP_GRACE, timeout) if self._connection_id is not None else 0.0
@@ -275,7 +314,7 @@ class InstanceActor(pykka.ThreadingActor):
         self._event("InstanceExited", exit_code=exit_code, reason=reason,
                     pid=self._proc.pid if self._proc else None, generation=self.generation)
         self._log.info("process ended: {}", reason)
-        self._supervisor.tell(ChildExited(self.generation, exit_code, reason, abnormal))
+        safe_tell(self._supervisor, ChildExited(self.generation, exit_code, reason, abnormal))
         self.actor_ref.stop(block=False)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -293,11 +332,16 @@ class InstanceActor(pykka.ThreadingActor):
 
     def _set_state(self, state: InstanceState) -> None:
         self.state = state
-        safe_tell(self._deps.runtime, InstanceUpdated(self.info()))
+        safe_tell(self._deps.runtime, InstanceUpdated(self.info(), self.generation))
+
+    def _route(self, state: InstanceState) -> None:
+        safe_tell(self._deps.tasks, InstanceRoute(self.instance_id, self.task_id,
+                                                  self._routing_id, self._window, state,
+                                                  self.generation))
 
     def _unroute(self) -> None:
         safe_tell(self._deps.tasks, InstanceRoute(self.instance_id, self.task_id, None,
-                                                  self._window, self.state))
+                                                  self._window, self.state, self.generation))
 
     def _cancel_timer(self) -> None:
         if self._startup_timer is not None:

@@ -27,6 +27,7 @@ from ..messages import (
 )
 from ..metrics import MetricsRegistry
 from ..scheduler import Scheduler, TimerHandle
+from .deps import ServiceLink, safe_tell
 from .service import ServiceActor
 
 __all__ = ["MESSAGE_EVENTS", "MonitorActor"]
@@ -39,10 +40,9 @@ CONNECTION_EVENTS = frozenset({"Connected", "Authenticated", "AuthenticationFail
 class MonitorActor(ServiceActor):
     """Owns a :class:`MetricsRegistry`; answers GetMetrics/GetEvents asks."""
 
-    ASKED = (GetMetrics, GetEvents)
-
-    def __init__(self, config: MonitoringConfig, scheduler: Scheduler) -> None:
-        super().__init__()
+    def __init__(self, config: MonitoringConfig, scheduler: Scheduler,
+                 link: ServiceLink | None = None) -> None:
+        super().__init__(link)
         self.config = config
         self._scheduler = scheduler
         self._metrics = MetricsRegistry(event_capacity=config.metrics_buffer_size)
@@ -54,11 +54,12 @@ class MonitorActor(ServiceActor):
         if self.config.enabled and self.config.enable_performance_tracking:
             ref = self.actor_ref
             self._sampler = self._scheduler.call_every(
-                self.config.collection_interval, lambda: ref.tell(SampleProcesses()))
+                self.config.collection_interval, lambda: safe_tell(ref, SampleProcesses()))
 
-    def on_stop(self) -> None:
+    def release(self) -> None:
         if self._sampler is not None:
             self._sampler.cancel()
+            self._sampler = None
 
     def handle(self, message: Any) -> Any:
         enabled = self.config.enabled

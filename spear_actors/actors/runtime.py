@@ -1,9 +1,17 @@
-"""RuntimeActor (the seed's ProcessRuntime): root of the supervision tree.
+"""RuntimeActor (the seed's ProcessRuntime): the root of the supervision tree.
 
-Runs in its own Pykka thread. ``create_instance`` is admission (cpus and memory against node
-capacity), the working directory, the binary check (SpawnError at once, no restart loop),
-then a SupervisorActor that owns the instance. It keeps the latest InstanceInfo of every
-instance (pushed by the supervisors and instance actors), so queries never wait on them.
+Runs in its own Pykka thread and is the composition root (DESIGN.md section 7): on ``Boot``
+its :class:`~spear_actors.actors.servicetree.ServiceTree` starts MonitorActor, the listener
+and ConnectionActor, then TaskExecutionManager; ``create_instance`` then starts one
+SupervisorActor per instance. It restarts a failed service or instance supervisor within
+``SystemConfig.service_restart`` and, past that budget, escalates: event ``SystemFailed``,
+every instance stopped, the facade told. :class:`~spear_actors.system.SpearSystem` talks to
+nothing else: queries to a service are forwarded (``Query``) without waiting on it.
+
+``create_instance`` is admission (cpus and memory against node capacity), the working
+directory, the binary check (SpawnError at once, no restart loop), then a SupervisorActor.
+It keeps the latest InstanceInfo of every instance (pushed by the supervisors and instance
+actors, newest generation wins), so queries never wait on them.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,26 +30,56 @@ import pykka
 
 from .._log import logger
 from ..config import InstanceConfig, ResourceLimits, SystemConfig
-from ..errors import ConfigError, InsufficientResources
+from ..errors import (
+    ConfigError,
+    InstanceFailed,
+    InsufficientResources,
+    SpearError,
+    SystemFailed,
+)
 from ..messages import (
+    Boot,
+    Crash,
     CreateInstance,
     DescribeTree,
     GetSupervisor,
+    InjectCrash,
     InstanceUpdated,
     ListInstances,
+    Query,
+    Reattach,
     RecordEvent,
+    RestartInstance,
+    RestartSupervised,
+    ServiceFailed,
+    StopInstance,
+    StopSupervised,
     SupervisorDone,
+    SupervisorFailed,
     WatchState,
 )
-from ..process import resolve_command
+from ..process import ProcessWatcher, resolve_command
 from ..records import InstanceInfo, InstanceState
-from .deps import Deps
-from .service import ServiceActor
+from ..scheduler import Scheduler
+from .deps import ActorSet, Deps, safe_tell
+from .intake import SubmissionQueue
+from .servicetree import SERVICE_CLASSES, ServiceTree
 from .supervisor import SupervisorActor
 
-__all__ = ["RuntimeActor"]
+__all__ = ["BootInfo", "RuntimeActor"]
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+Escalate = Callable[[SystemFailed], None]
+
+
+@dataclass(frozen=True)
+class BootInfo:
+    """What ``Boot`` answers: the listener and the facade's hand-off points."""
+
+    endpoint: str
+    port: int | None
+    intake: SubmissionQueue
+    children: ActorSet
 
 
 @dataclass(slots=True)
@@ -48,37 +87,57 @@ class _Entry:
     task_id: str
     config: InstanceConfig
     limits: ResourceLimits
+    argv: list[str]
+    cwd: str
     info: InstanceInfo
     supervisor: pykka.ActorRef[Any] | None
     created_at: float
+    generation: int = 0
     watchers: list[tuple[frozenset[InstanceState], threading.Event]] = field(
         default_factory=list)
 
 
-class RuntimeActor(ServiceActor):
-    """Creates instances and keeps their latest state; see the module docstring."""
+class RuntimeActor(pykka.ThreadingActor):
+    """The root; see the module docstring."""
 
-    ASKED = (CreateInstance, GetSupervisor, ListInstances, WatchState, DescribeTree)
-
-    def __init__(self, config: SystemConfig, work_dir: str) -> None:
+    def __init__(self, config: SystemConfig, work_dir: str, scheduler: Scheduler,
+                 watcher: ProcessWatcher, escalate: Escalate) -> None:
         super().__init__()
         self.config = config
         self.work_dir = work_dir
+        self._scheduler = scheduler
+        self._watcher = watcher
+        self._escalate_to = escalate
         self.deps: Deps | None = None
+        self.tree: ServiceTree | None = None
+        self.failure: SystemFailed | None = None
         self._entries: dict[str, _Entry] = {}
         self._counter = itertools.count(1)
         self.capacity_cpus = float(config.capacity_cpus or psutil.cpu_count() or 1)
         self.capacity_memory = int(config.capacity_memory or psutil.virtual_memory().total)
         self._log = logger.bind(actor="runtime")
 
-    def handle(self, message: Any) -> Any:
+    # -- lifecycle -------------------------------------------------------------------------------
+    def on_stop(self) -> None:
+        if self.tree is not None:
+            self.tree.stop()
+
+    def on_failure(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
+        """The root itself failed: nobody can restart it, so the system fails."""
+        self._escalate(f"the runtime actor failed: {exc_type.__name__}: {exc_value}", "runtime")
+        if self.tree is not None:
+            self.tree.stop()
+
+    def on_receive(self, message: Any) -> Any:
         match message:
-            case Deps():
-                self.deps = message
+            case Boot():
+                return self._boot()
             case CreateInstance(task_id, config, limits):
+                if self.failure is not None:
+                    raise self.failure
                 return self._create(task_id, config, limits)
-            case InstanceUpdated(info):
-                self._updated(info)
+            case InstanceUpdated(info, generation):
+                self._updated(info, generation)
             case SupervisorDone(instance_id):
                 entry = self._entries.get(instance_id)
                 if entry is not None:
@@ -93,9 +152,108 @@ class RuntimeActor(ServiceActor):
                 self._watch(instance_id, states, event)
             case DescribeTree():
                 return self._describe()
+            case Query(service, query):
+                assert self.tree is not None
+                ref = self.tree.services.get(service)
+                if ref is None:
+                    raise pykka.ActorDeadError(f"no {service} service is running")
+                return ref.ask(query, block=False)
+            case StopInstance(instance_id, reason):
+                entry = self._entries.get(instance_id)
+                if entry is None:
+                    raise SpearError(f"no instance {instance_id!r}")
+                if entry.supervisor is None:
+                    return None  # its supervisor is done: nothing left to stop
+                return entry.supervisor.ask(StopSupervised(reason), block=False)
+            case RestartInstance(instance_id, reason):
+                self._restart_instance(instance_id, reason)
+            case ServiceFailed(service, generation, reason):
+                self._service_failed(service, generation, reason)
+            case SupervisorFailed(instance_id, reason):
+                self._supervisor_failed(instance_id, reason)
+            case InjectCrash(target):
+                self._inject(target)
             case _:
                 self._log.warning("unexpected message {!r}", type(message).__name__)
         return None
+
+    def _boot(self) -> BootInfo:
+        tree = self.tree = ServiceTree(self.config, self.actor_ref, self._scheduler)
+        info = tree.boot(self._known_routes)
+        self.deps = Deps(runtime=self.actor_ref, services=tree.services,
+                         scheduler=self._scheduler, watcher=self._watcher, listener=info)
+        return BootInfo(info.endpoint, info.port, tree.intake, self.deps.children)
+
+    # -- self-supervision ------------------------------------------------------------------------
+    def _known_routes(self) -> dict[str, tuple[str, int]]:
+        return {iid: (e.task_id, e.config.max_concurrency + e.config.prefetch)
+                for iid, e in self._entries.items() if not e.info.state.is_final}
+
+    def _service_failed(self, service: str, generation: int, reason: str) -> None:
+        tree = self.tree
+        if tree is None or not tree.is_current(service, generation) or self.failure:
+            return
+        if not tree.within_budget():
+            self._escalate(f"{SERVICE_CLASSES[service]} failed once more than "
+                           f"service_restart allows: {reason}", service)
+            return
+        tree.restart(service, reason, self._known_routes)
+        for entry in self._entries.values():  # it must learn again what the instances know
+            safe_tell(entry.supervisor, Reattach(service))
+
+    def _supervisor_failed(self, instance_id: str, reason: str) -> None:
+        entry = self._entries.get(instance_id)
+        if entry is None or self.failure is not None or self.tree is None:
+            return
+        entry.supervisor = None
+        if not self.tree.within_budget():
+            self._escalate(f"SupervisorActor[{instance_id}] failed once more than "
+                           f"service_restart allows: {reason}", f"supervisor/{instance_id}")
+            return
+        self._log.warning("supervisor of {} restarted: {}", instance_id, reason)
+        restarts = entry.info.restarts + 1
+        self.tree.event("ServiceRestarted", service=f"supervisor/{instance_id}",
+                        reason=reason, restarts=restarts)
+        self._start_supervisor(instance_id, entry, restarts, reason)
+
+    def _escalate(self, reason: str, service: str) -> None:
+        if self.failure is not None:
+            return
+        error = self.failure = SystemFailed(f"the spearlet gave up: {reason}")
+        self._log.critical("{}; stopping every instance", error)
+        if self.tree is not None:
+            self.tree.event("SystemFailed", service=service, reason=reason,
+                            restarts=sum(self.tree.restarts.values()))
+            self.tree.fail_all(error)
+        for entry in reversed(list(self._entries.values())):
+            safe_tell(entry.supervisor, StopSupervised("system_failed"))
+        try:
+            self._escalate_to(error)
+        except Exception:  # the facade's callback must not take the root down
+            self._log.exception("escalation callback failed")
+
+    def _restart_instance(self, instance_id: str, reason: str) -> None:
+        entry = self._entries.get(instance_id)
+        if entry is None:
+            raise SpearError(f"no instance {instance_id!r}")
+        if entry.supervisor is None or not safe_tell(entry.supervisor,
+                                                     RestartSupervised(reason)):
+            raise InstanceFailed(f"instance {instance_id} is {entry.info.state.value}",
+                                 instance_id)
+
+    def _inject(self, target: str) -> None:
+        kind, _, instance_id = target.partition("/")
+        if self.tree is not None and target in SERVICE_CLASSES:
+            ref = self.tree.services.get(target)
+            if ref is None or not safe_tell(ref, Crash()):
+                raise SpearError(f"service {target!r} is not running")
+            return
+        entry = self._entries.get(instance_id) if kind in ("instance", "supervisor") else None
+        if entry is None:
+            raise SpearError(f"unknown crash target {target!r} (monitor, connection, tasks, "
+                             "instance/<id> or supervisor/<id>)")
+        if entry.supervisor is None or not safe_tell(entry.supervisor, InjectCrash(target)):
+            raise SpearError(f"{target}: the instance is {entry.info.state.value}")
 
     # -- creation ------------------------------------------------------------------------------
     def _allocated(self) -> tuple[float, int]:
@@ -108,7 +266,7 @@ class RuntimeActor(ServiceActor):
 
     def _create(self, task_id: str, config: InstanceConfig, limits: ResourceLimits) -> str:
         if self.deps is None:
-            raise RuntimeError("runtime not wired yet")
+            raise RuntimeError("runtime not booted yet")
         if not isinstance(task_id, str) or not _TASK_ID.match(task_id):
             raise ConfigError(f"task id {task_id!r} must be 1-64 letters, digits, '_', '.' "
                               "or '-', starting with a letter or digit")
@@ -129,24 +287,32 @@ class RuntimeActor(ServiceActor):
         info = InstanceInfo(id=instance_id, task_id=task_id, state=InstanceState.CREATING,
                             pid=None, restarts=0, connection_id=None, session_id=None,
                             started_at=None, last_exit_code=None, last_error=None)
-        entry = _Entry(task_id, config, limits, info, None, time.time())
+        entry = _Entry(task_id, config, limits, argv, cwd, info, None, time.time())
         self._entries[instance_id] = entry
-        self.deps.monitor.tell(RecordEvent("InstanceCreated", {
+        safe_tell(self.deps.monitor, RecordEvent("InstanceCreated", {
             "instance_id": instance_id, "task_id": task_id, "command": list(argv)},
             time.time()))
-        entry.supervisor = SupervisorActor.start(
-            instance_id=instance_id, task_id=task_id, config=config, limits=limits,
-            argv=argv, cwd=cwd, deps=self.deps)
+        self._start_supervisor(instance_id, entry, 0, None)
         self._log.info("created instance {} of task {}", instance_id, task_id)
         return instance_id
 
+    def _start_supervisor(self, instance_id: str, entry: _Entry, restarts: int,
+                          last_error: str | None) -> None:
+        assert self.deps is not None
+        entry.supervisor = SupervisorActor.start(
+            instance_id=instance_id, task_id=entry.task_id, config=entry.config,
+            limits=entry.limits, argv=entry.argv, cwd=entry.cwd, deps=self.deps,
+            restarts=restarts, last_error=last_error)
+
     # -- state ---------------------------------------------------------------------------------
-    def _updated(self, info: InstanceInfo) -> None:
+    def _updated(self, info: InstanceInfo, generation: int) -> None:
         entry = self._entries.get(info.id)
-        if entry is None:
-            return
-        if entry.info.state.is_final and not info.state.is_final:
+        if entry is None or generation < entry.generation:
+            return  # an update from a generation that was replaced meanwhile
+        if entry.info.state.is_final and not info.state.is_final \
+                and generation == entry.generation:
             return  # a late update from an instance actor after its supervisor finished
+        entry.generation = generation
         entry.info = info
         self._notify(entry)
 
@@ -180,12 +346,14 @@ class RuntimeActor(ServiceActor):
                                    "max_restarts": e.config.restart.max_restarts,
                                    "window": e.config.restart.window},
                 "info": e.info, "created_at": e.created_at})
+        tree = self.tree
         deps = self.deps
-        services = {}
-        if deps is not None:
-            services = {"MonitorActor": deps.monitor.is_alive(),
-                        "ConnectionActor": deps.connection.is_alive(),
-                        "TaskExecutionManager": deps.tasks.is_alive()}
-        return {"runtime_alive": True, "services": services, "instances": children,
+        return {"runtime_alive": True,
+                "services": tree.alive() if tree is not None else {},
+                "service_restarts": ({SERVICE_CLASSES[n]: c for n, c in tree.restarts.items()}
+                                     if tree is not None else {}),
+                "failed": str(self.failure) if self.failure is not None else None,
+                "instances": children,
                 "capacity": {"cpus": self.capacity_cpus, "memory": self.capacity_memory},
                 "endpoint": deps.listener.endpoint if deps else None}
+

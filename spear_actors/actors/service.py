@@ -1,42 +1,66 @@
-"""ServiceActor: base of the long-lived service actors (runtime, connection, monitor, tasks).
+"""ServiceActor: base of the restartable service actors (monitor, connection, tasks).
 
-Pykka stops an actor when handling a ``tell`` raises. For an instance actor that is the point
-(its supervisor restarts it); a service actor has no supervisor, and losing the
-ConnectionActor would drop every connection. So a service actor logs a failure on a told
-message, counts it and carries on with the next; a failure on an asked message (those in
-``ASKED``) still goes back to the caller, as Pykka does. Runs in the actor's own thread.
+A service actor that fails is restarted by the RuntimeActor with fresh state, OTP-style
+(DESIGN.md section 7). Failing means what Pykka means: an exception escaping the handling of a
+*told* message stops the actor (Pykka then calls :meth:`on_failure`, in the actor's thread),
+and :meth:`on_failure` reports it to the root as :class:`~spear_actors.messages.ServiceFailed`.
+An exception raised while handling an *asked* message goes back to the caller and the actor
+carries on, as Pykka does: those are answers (a refused request), not crashes.
+
+Subclasses implement :meth:`handle` (instead of ``on_receive``) and :meth:`release` (give
+back what the incarnation holds: timers, sockets; called on a normal stop and on failure,
+since Pykka calls ``on_stop`` only for the former). :class:`~spear_actors.messages.Crash`
+makes any service fail as a bug would (``SpearSystem.inject_crash``).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import traceback
+from typing import Any
 
 import pykka
 
-from .._log import log_exception, logger
+from .._log import logger
+from ..messages import Crash, ServiceFailed
+from .deps import ServiceLink, safe_tell
 
-__all__ = ["ServiceActor"]
+__all__ = ["InjectedCrash", "ServiceActor"]
+
+
+class InjectedCrash(RuntimeError):
+    """Raised by an actor told :class:`~spear_actors.messages.Crash` (a chaos drill)."""
 
 
 class ServiceActor(pykka.ThreadingActor):
-    """Subclasses implement :meth:`handle` instead of ``on_receive``."""
+    """Subclasses implement :meth:`handle` and, if they hold resources, :meth:`release`."""
 
-    ASKED: ClassVar[tuple[type, ...]] = ()
-    """Message types that are asked: their exceptions are the caller's to see."""
-
-    failures = 0
+    def __init__(self, link: ServiceLink | None = None) -> None:
+        super().__init__()
+        self._link = link
 
     def on_receive(self, message: Any) -> Any:
-        try:
-            return self.handle(message)
-        except Exception:
-            if isinstance(message, (*self.ASKED, str)):  # str: the manager's "stats" ask
-                raise
-            self.failures += 1
-            log_exception(logger.bind(actor=type(self).__name__),
-                          "{} failed on {}; it carries on", type(self).__name__,
-                          type(message).__name__)
-            return None
+        if isinstance(message, Crash):
+            raise InjectedCrash(message.message)
+        return self.handle(message)
 
     def handle(self, message: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def release(self) -> None:
+        """Give back what this incarnation holds (any thread-bound resource, timers)."""
+
+    def on_stop(self) -> None:
+        self.release()
+
+    def on_failure(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
+        name = self._link.name if self._link is not None else type(self).__name__
+        text = "".join(traceback.format_exception(exc_type, exc_value, tb))  # no locals
+        logger.bind(actor=name).error("{} failed: {}\n{}", type(self).__name__, exc_value,
+                                      text)
+        try:
+            self.release()
+        finally:
+            if self._link is not None:
+                safe_tell(self._link.parent, ServiceFailed(
+                    self._link.name, self._link.generation,
+                    f"{getattr(exc_type, '__name__', exc_type)}: {exc_value}"))

@@ -7,11 +7,18 @@ an abnormal end, ``temporary`` never; at most ``max_restarts`` within ``window``
 waiting an exponential backoff with jitter; the count resets after ``reset_after`` seconds
 of healthy running. Past the limit the instance is FAILED for good. Each restart gets a new
 process and a new secret under the same instance id. An operator's stop is never a failure.
+
+If this actor itself fails (a bug, or ``inject_crash("supervisor/<id>")``), its instance is
+killed with it (OTP: a supervisor's children die with it) and the RuntimeActor starts a fresh
+supervisor, which starts a fresh instance; ``restarts`` carries on counting. Generations are
+numbered across all supervisors of the process, so a replaced generation's late messages are
+recognisable everywhere.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import random
 import secrets
 import time
@@ -26,22 +33,30 @@ from ..messages import (
     ChildCrashed,
     ChildExited,
     ChildReady,
+    Crash,
     DescribeSupervisor,
+    InjectCrash,
     InstanceRoute,
     InstanceUpdated,
+    KillProcess,
+    Reattach,
     RecordEvent,
     RestartDue,
     RestartSupervised,
     StopProcess,
     StopSupervised,
     SupervisorDone,
+    SupervisorFailed,
 )
 from ..records import InstanceInfo, InstanceState
 from ..scheduler import TimerHandle
 from .deps import Deps, safe_tell
 from .instance import InstanceActor
+from .service import InjectedCrash
 
 __all__ = ["SupervisorActor", "new_secret"]
+
+_GENERATIONS = itertools.count(1)
 
 
 def new_secret() -> str:
@@ -53,7 +68,8 @@ class SupervisorActor(pykka.ThreadingActor):
     """Supervises the instance ``instance_id``; see the module docstring."""
 
     def __init__(self, *, instance_id: str, task_id: str, config: InstanceConfig,
-                 limits: ResourceLimits, argv: list[str], cwd: str, deps: Deps) -> None:
+                 limits: ResourceLimits, argv: list[str], cwd: str, deps: Deps,
+                 restarts: int = 0, last_error: str | None = None) -> None:
         super().__init__()
         self.instance_id = instance_id
         self.task_id = task_id
@@ -67,7 +83,7 @@ class SupervisorActor(pykka.ThreadingActor):
         deps.children.add(self.actor_ref)
         self.generation = 0
         self.child: pykka.ActorRef[Any] | None = None
-        self.restarts = 0
+        self.restarts = restarts
         self._recent: collections.deque[float] = collections.deque()
         self._ready_since: float | None = None
         self._restart_timer: TimerHandle | None = None
@@ -76,7 +92,7 @@ class SupervisorActor(pykka.ThreadingActor):
         self._stop_futures: list[Future[InstanceInfo]] = []
         self.state = InstanceState.CREATING
         self.last_exit_code: int | None = None
-        self.last_error: str | None = None
+        self.last_error = last_error
         self._log = logger.bind(actor="supervisor", instance=instance_id)
 
     def on_start(self) -> None:
@@ -86,6 +102,13 @@ class SupervisorActor(pykka.ThreadingActor):
         if self._restart_timer is not None:
             self._restart_timer.cancel()
         self._deps.children.discard(self.actor_ref)
+
+    def on_failure(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
+        """This supervisor died of a bug: its instance dies with it; the root restarts us."""
+        self.on_stop()
+        safe_tell(self.child, KillProcess("supervisor_failed"))
+        safe_tell(self._deps.runtime, SupervisorFailed(
+            self.instance_id, f"{getattr(exc_type, '__name__', exc_type)}: {exc_value}"))
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -109,13 +132,20 @@ class SupervisorActor(pykka.ThreadingActor):
                 self._operator_restart_now(reason)
             case DescribeSupervisor():
                 return self.describe()
+            case Reattach():
+                safe_tell(self.child, message)
+            case InjectCrash(target):
+                if target.startswith("supervisor/"):
+                    raise InjectedCrash(f"crash injected into {target}")
+                if not safe_tell(self.child, Crash()):
+                    self._log.warning("{}: no live instance actor to crash", target)
             case _:
                 self._log.warning("unexpected message {!r}", type(message).__name__)
         return None
 
     # -- children ------------------------------------------------------------------------------
     def _start_child(self) -> None:
-        self.generation += 1
+        self.generation = next(_GENERATIONS)
         self._ready_since = None
         self.child = InstanceActor.start(
             instance_id=self.instance_id, task_id=self.task_id, generation=self.generation,
@@ -198,7 +228,7 @@ class SupervisorActor(pykka.ThreadingActor):
     def _finish(self, state: InstanceState) -> None:
         self._publish(state)
         safe_tell(self._deps.tasks, InstanceRoute(self.instance_id, self.task_id, None,
-                                                  self._window, state))
+                                                  self._window, state, self.generation))
         if state is InstanceState.FAILED:
             self._event("InstanceFailed", reason=self.last_error, exit_code=self.last_exit_code,
                         restarts=self.restarts)
@@ -227,7 +257,7 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def _publish(self, state: InstanceState) -> None:
         self.state = state
-        safe_tell(self._deps.runtime, InstanceUpdated(self.info()))
+        safe_tell(self._deps.runtime, InstanceUpdated(self.info(), self.generation))
 
     def _event(self, kind: str, **data: Any) -> None:
         safe_tell(self._deps.monitor, RecordEvent(

@@ -53,8 +53,9 @@ class Inbound(NamedTuple):
 
 
 Consumer = Callable[[list[Inbound]], None]
-SendFailed = Callable[[bytes, bytes, str], None]
-"""(routing_id, body, reason) of a frame that could not be sent."""
+SendFailed = Callable[[bytes, int, str], None]
+"""(routing_id, tag, reason) of a frame that could not be sent; ``tag`` is what the sender
+queued it with (the task manager tags each execute request with its request id; 0: none)."""
 Tick = Callable[[float], None]
 
 
@@ -74,7 +75,7 @@ class RouterPump:
         self._on_send_failed = on_send_failed
         self._hwm = hwm
         self._name = name
-        self._outbox: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._outbox: collections.deque[tuple[bytes, bytes, int]] = collections.deque()
         self._wakeup = WakePipe()
         self._stopping = False
         self._started = threading.Event()
@@ -120,13 +121,19 @@ class RouterPump:
             raise self._start_error
         return self.endpoint
 
-    def send(self, routing_id: bytes, body: bytes) -> None:
-        """Queue one frame for ``routing_id`` (thread-safe, never blocks)."""
-        self._outbox.append((routing_id, body))
+    def send(self, routing_id: bytes, body: bytes, tag: int = 0) -> None:
+        """Queue one frame for ``routing_id`` (thread-safe, never blocks); ``tag`` comes back
+        to ``on_send_failed`` if it cannot be sent."""
+        self._outbox.append((routing_id, body, tag))
         self._wakeup.wake()
 
     def send_many(self, frames: Iterable[tuple[bytes, bytes]]) -> None:
-        """Queue several frames with one wake-up."""
+        """Queue several untagged frames with one wake-up."""
+        self._outbox.extend([(routing_id, body, 0) for routing_id, body in frames])
+        self._wakeup.wake()
+
+    def send_tagged(self, frames: Iterable[tuple[bytes, bytes, int]]) -> None:
+        """Queue several (routing id, body, tag) frames with one wake-up."""
         self._outbox.extend(frames)
         self._wakeup.wake()
 
@@ -325,12 +332,12 @@ class RouterPump:
         extra = self._extra
         sent = 0
         while outbox:
-            routing_id, body = outbox.popleft()
+            routing_id, body, tag = outbox.popleft()
             target, zmq_id = sock, routing_id
             if extra and routing_id[:1] == b"\xff":
                 entry = extra.get(routing_id[1:1 + TAG_SIZE])
                 if entry is None:  # its listener is closed
-                    self._send_failed(routing_id, body, "unreachable")
+                    self._send_failed(routing_id, tag, "unreachable")
                     continue
                 target, zmq_id = entry[0], routing_id[1 + TAG_SIZE:]
             try:
@@ -338,16 +345,16 @@ class RouterPump:
                 target.send(body, _NOBLOCK)
                 sent += 1
             except zmq.Again:  # peer's pipe full (slow consumer): drop, never block
-                self._send_failed(routing_id, body, "peer_backlogged")
+                self._send_failed(routing_id, tag, "peer_backlogged")
             except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer is gone
                 reason = "unreachable" if exc.errno == zmq.EHOSTUNREACH else f"error:{exc.errno}"
-                self._send_failed(routing_id, body, reason)
+                self._send_failed(routing_id, tag, reason)
         self.counters["frames_out"] += sent
 
-    def _send_failed(self, routing_id: bytes, body: bytes, reason: str) -> None:
+    def _send_failed(self, routing_id: bytes, tag: int, reason: str) -> None:
         self.counters["send_failed"] += 1
         if self._on_send_failed is not None:
-            self._call(self._on_send_failed, routing_id, body, reason)
+            self._call(self._on_send_failed, routing_id, tag, reason)
 
     def _call(self, fn: Callable[..., None], *args: object) -> None:
         try:

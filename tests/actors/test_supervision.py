@@ -160,7 +160,7 @@ def test_instance_actor_crash_restarts_the_instance(system: SpearSystem) -> None
     assert old.pid is not None
     since = last_seq(system)
 
-    system._crash_instance_actor(iid)
+    system.inject_crash(f"instance/{iid}")
 
     info = wait_info(system, iid, lambda i: i.state is InstanceState.READY
                      and i.pid not in (None, old.pid), what="the replacement")

@@ -19,10 +19,13 @@ from helpers import wait_until
 
 import spear_actors
 from spear_actors import ExecutionError, InstanceFailed, InstanceState, NoInstanceAvailable
-from spear_actors.actors.tasks import SubmissionQueue, TaskExecutionManager
+from spear_actors.actors.dataplane import RequestTable
+from spear_actors.actors.intake import SubmissionQueue
+from spear_actors.actors.tasks import TaskExecutionManager
 from spear_actors.messages import (
     CheckDeadlines,
     ExecuteResponses,
+    GetTaskStats,
     InstanceRoute,
     Submission,
     Undeliverable,
@@ -49,9 +52,9 @@ class Wire:
         self._lock = threading.Lock()
         self.frames: list[tuple[bytes, bytes]] = []
 
-    def __call__(self, frames: list[tuple[bytes, bytes]]) -> None:
+    def __call__(self, frames: list[tuple[bytes, bytes, int]]) -> None:
         with self._lock:
-            self.frames.extend(frames)
+            self.frames.extend((routing_id, body) for routing_id, body, _ in frames)
 
     def requests(self) -> list[tuple[bytes, int, bytes]]:
         """(routing id, request id, data) of every EXECUTE_REQUEST sent so far."""
@@ -72,9 +75,9 @@ class Harness:
         self.intake = SubmissionQueue()
         self.wire = Wire()
         self.monitor = Sink.start()
-        self.manager = TaskExecutionManager.start(self.intake, self.monitor,
-                                                  max_queue=MAX_QUEUE)
-        self.manager.tell(("sender", self.wire))
+        self.table = RequestTable()
+        self.manager = TaskExecutionManager.start(self.intake, self.monitor, self.table,
+                                                  self.wire, max_queue=MAX_QUEUE)
 
     def submit(self, data: bytes, target: str = "task", timeout: float | None = 30.0,
                retries: int = 0) -> Future[bytes]:
@@ -101,7 +104,7 @@ class Harness:
 
     def stats(self) -> dict[str, Any]:
         """The manager's stats; being an ``ask``, it also waits for every earlier message."""
-        return cast("dict[str, Any]", self.manager.ask("stats", timeout=5))
+        return cast("dict[str, Any]", self.manager.ask(GetTaskStats(), timeout=5))
 
     def sent(self, count: int) -> list[tuple[bytes, int, bytes]]:
         """Wait until at least ``count`` requests were sent; all of them."""

@@ -147,13 +147,17 @@ class ChaosResult:
 def watch_resolutions(found: list[str]) -> Iterator[None]:
     """Record in ``found`` any attempt to resolve an already resolved request.
 
-    The task manager resolves futures through ``tasks._resolve``/``tasks._fail``, which
-    swallow ``InvalidStateError``; these stand-ins do the same but note each such attempt
-    on a future nobody cancelled (our requests are never cancelled).
+    Requests are resolved through ``dataplane.resolve_future``/``fail_future`` (imported
+    by every module that ends requests), which swallow ``InvalidStateError``; these
+    stand-ins do the same but note each such attempt on a future nobody cancelled (our
+    requests are never cancelled).
     """
-    from spear_actors.actors import tasks
+    from spear_actors.actors import dataplane, intake, servicetree, tasks
 
-    originals = (tasks._resolve, tasks._fail)
+    modules = [m for m in (dataplane, intake, servicetree, tasks)
+               if hasattr(m, "resolve_future") or hasattr(m, "fail_future")]
+    originals = [(m, getattr(m, "resolve_future", None), getattr(m, "fail_future", None))
+                 for m in modules]
 
     def resolve(future: Future[bytes], data: bytes) -> None:
         try:
@@ -169,11 +173,19 @@ def watch_resolutions(found: list[str]) -> Iterator[None]:
             if not future.cancelled():
                 found.append(f"{error!r} after {_outcome(future)}")
 
-    tasks._resolve, tasks._fail = resolve, fail  # type: ignore[assignment]
+    for module, had_resolve, had_fail in originals:
+        if had_resolve is not None:
+            module.resolve_future = resolve  # type: ignore[attr-defined]
+        if had_fail is not None:
+            module.fail_future = fail  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        tasks._resolve, tasks._fail = originals  # type: ignore[assignment]
+        for module, had_resolve, had_fail in originals:
+            if had_resolve is not None:
+                module.resolve_future = had_resolve  # type: ignore[attr-defined]
+            if had_fail is not None:
+                module.fail_future = had_fail  # type: ignore[attr-defined]
 
 
 def _outcome(future: Future[bytes]) -> str:

@@ -16,6 +16,9 @@ from helpers import holds_for, wait_until
 
 from spear_actors import ConnectionConfig
 from spear_actors.actors.connection import ConnectionActor
+from spear_actors.actors.dataplane import RequestTable
+from spear_actors.actors.deps import Services
+from spear_actors.actors.listener import Listener
 from spear_actors.actors.tasks import TaskExecutionManager
 from spear_actors.messages import ExpectInstance, InboundBatch, ListConnections
 from spear_actors.protocol import AuthRequest, ConnectionClose, pack
@@ -57,7 +60,10 @@ def test_a_dead_instance_actor_does_not_take_the_connection_actor_with_it(
         actors: list[pykka.ActorRef[Any]]) -> None:
     monitor = Sink.start()
     instance = Sink.start()
-    connection = ConnectionActor.start(ConnectionConfig(), monitor)
+    services = Services()
+    services.set("monitor", monitor)
+    listener = Listener(ConnectionConfig(), services, RequestTable())  # never bound
+    connection = ConnectionActor.start(ConnectionConfig(), listener, services)
     actors += [connection, monitor]
     connection.tell(ExpectInstance("inst-1", SECRET, instance, 1))
     instance.stop(timeout=5)  # its ForgetInstance is still on the way

@@ -268,7 +268,7 @@ class ServerHarness:
             sends = self._record(self.protocol.tick(now))
         self._ship(sends)
 
-    def _send_failed(self, routing_id: bytes, _body: bytes, reason: str) -> None:
+    def _send_failed(self, routing_id: bytes, _tag: int, reason: str) -> None:
         with self._cond:
             self.send_failures.append((routing_id, reason))
 

@@ -54,7 +54,7 @@ def test_tagged_listener_routes_both_ways() -> None:
 
         pump.remove_listener(b"abcd").result(timeout=5)
         failed: list[str] = []
-        pump._on_send_failed = lambda rid, body, why: failed.append(why)
+        pump._on_send_failed = lambda rid, tag, why: failed.append(why)
         pump.send(frame.routing_id, b"gone")
         wait_until(lambda: failed == ["unreachable"], 5)
     finally:

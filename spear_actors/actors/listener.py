@@ -1,0 +1,99 @@
+"""Listener: the router pump and what must outlive a ConnectionActor restart.
+
+The RuntimeActor creates one at boot and closes it at shutdown. It owns the
+:class:`~spear_actors.transport.router.RouterPump` (so the listening socket keeps its port or
+ipc path, and instances keep their DEALER connections, when the ConnectionActor is restarted),
+the last-seen map of peers and the connection id sequence. Each ConnectionActor incarnation is
+handed the listener; the pump's callbacks always reach the *current* service actors through
+:class:`~spear_actors.actors.deps.Services`.
+
+Threads: every callback below runs in the pump thread and must not block. Frames that arrive
+while no ConnectionActor is alive are dropped and counted (``frames_dropped_restart``):
+heartbeats are re-sent every interval and a peer that loses its AUTH_REQUEST retries.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pykka
+
+from ..config import ConnectionConfig
+from ..messages import ConnectionTick, InboundBatch, SendFailed, Undeliverable
+from ..transport.router import Inbound, RouterPump
+from .dataplane import RequestTable, ResponseFastPath
+from .deps import ListenerInfo, Services
+
+__all__ = ["Listener"]
+
+
+class Listener:
+    """The spearlet's listening socket and its pump-thread routing of frames."""
+
+    def __init__(self, config: ConnectionConfig, services: Services, table: RequestTable
+                 ) -> None:
+        self.config = config
+        self._services = services
+        self._fast_path = ResponseFastPath(table, config.max_message_size)
+        self.seen: dict[bytes, float] = {}
+        """routing id -> last frame time; written by the pump thread, read (and cleared) by
+        the ConnectionActor on each tick (a touch lost to the race is harmless)."""
+        self._connection_ids = itertools.count(1)
+        self.pump = RouterPump(self._consume, config, on_tick=self._tick,
+                               on_send_failed=self._send_failed)
+        self.dropped = 0
+
+    def new_connection_id(self) -> str:
+        """Connection ids never repeat across ConnectionActor incarnations."""
+        return f"conn-{next(self._connection_ids)}"
+
+    def start(self) -> ListenerInfo:
+        """Bind and start the pump (TransportError/ConfigError if it cannot bind)."""
+        self.pump.start()
+        bound = self.pump.bound
+        assert bound is not None
+        cfg = self.config
+        return ListenerInfo(self.pump.endpoint, self.pump.port, bound.transport,
+                            cfg.curve_public_key, cfg.per_instance_listeners)
+
+    def stop(self) -> None:
+        self.pump.stop()
+
+    def send_requests(self, frames: Any) -> None:
+        """The task manager's sender: (routing id, body, request id) frames."""
+        self.pump.send_tagged(frames)
+
+    # -- pump thread -----------------------------------------------------------------------------
+    def _tell_connection(self, message: Any) -> bool:
+        ref = self._services.get("connection")
+        if ref is None:
+            return False
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            return False
+        return True
+
+    def _consume(self, frames: list[Inbound]) -> None:
+        seen = self.seen
+        for frame in frames:  # every frame proves liveness, fast-path answers included
+            seen[frame.routing_id] = frame.received_at
+        rest = self._fast_path(frames)
+        if rest and not self._tell_connection(InboundBatch(rest)):
+            self.dropped += len(rest)
+            self.pump.counters["frames_dropped_restart"] += len(rest)
+
+    def _tick(self, now: float) -> None:
+        self._tell_connection(ConnectionTick(now))
+
+    def _send_failed(self, routing_id: bytes, tag: int, reason: str) -> None:
+        if tag:  # an execute request: its owner decides (retry or fail)
+            ref = self._services.get("tasks")
+            if ref is not None:
+                try:
+                    ref.tell(Undeliverable(routing_id, tag, reason))
+                    return
+                except pykka.ActorDeadError:
+                    pass  # the manager is being restarted: the root sweeps its requests
+        self._tell_connection(SendFailed(routing_id, reason))
