@@ -281,7 +281,8 @@ class ControlServer:
             "ping": self._op_ping, "tree": self._op_tree, "instances": self._op_instances,
             "connections": self._op_connections, "metrics": self._op_metrics,
             "events": self._op_events, "restart_instance": self._op_restart,
-            "stop_instance": self._op_stop, "create_instance": self._op_create}
+            "stop_instance": self._op_stop, "create_instance": self._op_create,
+            "inject_crash": self._op_inject_crash}
 
     # -- lifecycle (caller's thread) ----------------------------------------------------------
     def start(self, timeout: float = 10.0) -> RunInfo:
@@ -467,6 +468,10 @@ class ControlServer:
         return self.system.stop_instance(_arg(args, "id", str),
                                          timeout=float(_arg(args, "timeout", (int, float), 30)))
 
+    def _op_inject_crash(self, args: Mapping[str, Any]) -> Any:
+        self.system.inject_crash(_arg(args, "target", str))
+        return None
+
     def _op_create(self, args: Mapping[str, Any]) -> Any:
         try:
             config = from_mapping(InstanceConfig, _arg(args, "config", dict), "config")
@@ -606,6 +611,11 @@ class Attached:
         """Stop it for good; waits up to ``timeout`` (plus this handle's timeout)."""
         return _info(self.request("stop_instance", {"id": instance_id, "timeout": timeout},
                                   timeout=timeout + self.timeout))
+
+    def inject_crash(self, target: str) -> None:
+        """Chaos drill: make one actor of the running system fail as a bug would (see
+        :meth:`SpearSystem.inject_crash <spear_actors.system.SpearSystem.inject_crash>`)."""
+        self.request("inject_crash", {"target": target})
 
     def create_instance(self, task_id: str, config: InstanceConfig,
                         limits: ResourceLimits | None = None) -> str:
