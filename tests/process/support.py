@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psutil
+from helpers import wait_until
 
 from spear_actors.process import ManagedProcess, build_env
 
@@ -64,3 +67,41 @@ def gone(pid: int, create_time: float) -> bool:
 Start = Callable[..., tuple[ManagedProcess, Recorder]]
 
 SLEEPER = "import time; print('ready', flush=True); time.sleep(30)"
+
+
+def dead(p: psutil.Process) -> bool:
+    """``p`` runs no more: gone, its pid reused, or a zombie. A zombie that is our child (an
+    orphan we adopted as subreaper, see the ``subreaper`` fixture) is reaped here."""
+    try:
+        if not p.is_running():
+            return True
+        if p.status() != psutil.STATUS_ZOMBIE:
+            return False
+        if p.ppid() == os.getpid():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p.pid, os.WNOHANG)
+        return True
+    except psutil.NoSuchProcess:
+        return True
+
+
+def tree_of(pids: Iterable[int]) -> list[psutil.Process]:
+    """The processes ``pids`` and all their descendants, as psutil handles (which check the
+    create time, so a reused pid is never mistaken for them)."""
+    found: list[psutil.Process] = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p = psutil.Process(pid)
+            found += [p, *p.children(recursive=True)]
+    return found
+
+
+def kill_all(procs: Iterable[psutil.Process], timeout: float = 5.0) -> None:
+    """Cleanup: SIGKILL whatever of ``procs`` still runs and wait (bounded) until every one is
+    dead, reaping the zombies that are ours."""
+    procs = list(procs)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if not dead(p):
+                p.kill()
+    wait_until(lambda: all(dead(p) for p in procs), timeout, message="cleanup kills")
