@@ -8,8 +8,13 @@ module:
   :class:`~spear_actors.config.ResourceLimits` and hands it to a :class:`ProcessWatcher`.
   The caller's thread runs all of it.
 * :mod:`.watcher` — :class:`ProcessWatcher` is ONE background thread for all children: it
-  drains their output into the log, reaps each as soon as it exits and runs the callbacks
-  (in that thread). :func:`default_watcher` is the shared one.
+  drains their output into the log (:mod:`.output` splits it into lines), reaps each as soon
+  as it exits and runs the callbacks (in that thread). :func:`default_watcher` is the shared
+  one.
+* :mod:`.guardian_link` and :mod:`.guardian` — no orphans, ever: each watcher owns a small
+  guardian process (a standalone script) that SIGKILLs every child's session when this
+  process dies, by any means. The watcher registers each spawn with it and replaces it if it
+  dies; :meth:`ProcessWatcher.stop` closes and reaps it.
 * :mod:`.handle` — :class:`ManagedProcess` is the handle any thread may use: signals,
   process-tree snapshots and a graceful or forced stop of the whole tree.
 * :mod:`.reaping` — :func:`set_child_subreaper` / :func:`reap_adopted_orphans`: orphans of
@@ -24,8 +29,9 @@ from __future__ import annotations
 
 from .handle import ExitCallback, ManagedProcess, OutputCallback, Stream
 from .launch import ENV_ALLOWLIST, build_env, resolve_command, spawn
+from .output import MAX_LINE
 from .reaping import reap_adopted_orphans, set_child_subreaper
-from .watcher import MAX_LINE, ProcessWatcher, default_watcher
+from .watcher import ProcessWatcher, default_watcher
 
 __all__ = [
     "ENV_ALLOWLIST",

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import psutil
 
 from .._log import logger
+from .guardian import read_stat
 
 if TYPE_CHECKING:
     from .watcher import ProcessWatcher
@@ -71,6 +72,9 @@ class ManagedProcess:
         self._ps: psutil.Process | None = None
         with contextlib.suppress(psutil.Error):  # not reaped yet, so certainly our child
             self._ps = psutil.Process(self.pid)
+        stat = read_stat(self.pid)
+        self.start_ticks: int | None = None if stat is None else stat[3]
+        """Field 22 of /proc/PID/stat (ticks since boot): what the guardian checks for reuse."""
         self._known: dict[int, psutil.Process] = {}
         self._log = logger.bind(instance=instance_id)
 

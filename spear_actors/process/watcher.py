@@ -6,6 +6,13 @@ callbacks. Callbacks therefore run in the watcher thread: keep them short (an ac
 and never block there. :meth:`~ProcessWatcher.register` and :meth:`~ProcessWatcher.stop` may
 be called from any thread; everything else here belongs to the watcher thread.
 
+Each watcher also owns a :class:`~.guardian_link.GuardianLink`: every registered child is
+registered with the guardian process (from the registering thread, before the watcher thread
+can see the child) and unregistered by the watcher thread once reaped, so the children die
+with this process even when it is SIGKILLed. The watcher thread holds a pidfd of the guardian
+(or checks it every :data:`GUARDIAN_CHECK_INTERVAL` seconds without pidfds) and replaces a
+guardian that died; :meth:`~ProcessWatcher.stop` closes it and reaps it.
+
 :func:`default_watcher` is the shared watcher :func:`~spear_actors.process.spawn` uses when it
 is given none. Linux only (pidfd, epoll).
 """
@@ -18,72 +25,27 @@ import selectors
 import threading
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, TypeVar
+from typing import IO, TypeVar
 
 from .._log import logger
+from .guardian_link import GuardianLink
 from .handle import POLL_INTERVAL, ManagedProcess, Stream
+from .output import OutputPipe
 from .reaping import adopts_orphans as _adopts_orphans
 from .reaping import reap_adopted_orphans
 
-if TYPE_CHECKING:
-    from loguru import Logger
+__all__ = ["GUARDIAN_CHECK_INTERVAL", "ORPHAN_SCAN_INTERVAL", "ProcessWatcher", "default_watcher"]
 
-__all__ = ["MAX_LINE", "ORPHAN_SCAN_INTERVAL", "ProcessWatcher", "default_watcher"]
-
-MAX_LINE = 64 * 1024
-"""Longer output lines are cut here (marked ``[truncated]``); the rest up to the newline is
-dropped, so one endless line cannot exhaust memory."""
 ORPHAN_SCAN_INTERVAL = 5.0
 """How often the watcher reaps orphans that exited on their own, when we adopt orphans."""
+GUARDIAN_CHECK_INTERVAL = 0.5
+"""Without pidfds, how often the watcher thread checks that the guardian still runs."""
+_GUARDIAN = object()  # selector data of the guardian's pidfd
 _READ_SIZE = 1 << 20
 _READS_PER_EVENT = 16  # then let the other pipes have a turn (epoll is level-triggered)
 _FINAL_READS = 64  # on exit, at most this many reads more before the pipes are closed
-_TRUNCATED = b" [truncated]"
 
 _T = TypeVar("_T")
-
-
-class _Pipe:
-    """One output pipe of one child, with its partial-line buffer; watcher thread only."""
-
-    __slots__ = ("buf", "closed", "discarding", "fd", "file", "level", "logger", "name", "proc")
-
-    def __init__(self, proc: ManagedProcess, name: Stream, file: IO[bytes]) -> None:
-        self.proc = proc
-        self.name: Stream = name
-        self.file = file
-        self.fd = file.fileno()
-        self.buf = bytearray()
-        self.discarding = False  # inside an over-long line, dropping up to its newline
-        self.closed = False
-        self.level = "INFO" if name == "stdout" else "WARNING"
-        self.logger: Logger = logger.bind(instance=proc.instance_id, stream=name)
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Split ``data`` into complete lines (partial ones are kept for the next call)."""
-        lines: list[bytes] = []
-        start = 0
-        while (nl := data.find(b"\n", start)) >= 0:
-            if self.discarding:
-                self.discarding = False
-            elif self.buf:
-                self.buf += data[start:nl]
-                lines.append(_cap(bytes(self.buf)))
-                self.buf.clear()
-            else:
-                lines.append(_cap(data[start:nl]))
-            start = nl + 1
-        if start < len(data) and not self.discarding:
-            self.buf += data[start:]
-            if len(self.buf) > MAX_LINE:
-                lines.append(_cap(bytes(self.buf)))
-                self.buf.clear()
-                self.discarding = True
-        return lines
-
-
-def _cap(line: bytes) -> bytes:
-    return line if len(line) <= MAX_LINE else line[:MAX_LINE] + _TRUNCATED
 
 
 class _Watched:
@@ -91,7 +53,7 @@ class _Watched:
 
     __slots__ = ("pidfd", "pipes", "proc")
 
-    def __init__(self, proc: ManagedProcess, pipes: list[_Pipe], pidfd: int | None) -> None:
+    def __init__(self, proc: ManagedProcess, pipes: list[OutputPipe], pidfd: int | None) -> None:
         self.proc = proc
         self.pipes = pipes
         self.pidfd = pidfd
@@ -105,11 +67,17 @@ class ProcessWatcher:
     poll ``waitpid(WNOHANG)`` every :data:`POLL_INTERVAL` seconds instead. When this process
     adopts orphans (:func:`set_child_subreaper`), the thread also reaps those that exit on
     their own, shortly after each instance exit and every ``orphan_scan_interval`` seconds.
+    ``guardian=False`` runs no guardian: children would then outlive a crash of this process.
     """
 
     def __init__(self, *, use_pidfd: bool = True, name: str = "spear-process-watcher",
-                 orphan_scan_interval: float = ORPHAN_SCAN_INTERVAL) -> None:
+                 orphan_scan_interval: float = ORPHAN_SCAN_INTERVAL,
+                 guardian: bool = True) -> None:
         self.uses_pidfd = use_pidfd and hasattr(os, "pidfd_open")
+        self._guardian = GuardianLink(on_started=self._wake) if guardian else None
+        self._guardian_pid: int | None = None  # the guardian the watcher thread watches
+        self._guardian_fd: int | None = None  # its pidfd; watcher thread only
+        self._next_guardian_check = time.monotonic()
         self._orphan_scan_interval = orphan_scan_interval
         self._next_orphan_scan = time.monotonic() + orphan_scan_interval
         self._selector = selectors.DefaultSelector()
@@ -134,8 +102,20 @@ class ProcessWatcher:
     def is_watcher_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
+    @property
+    def guardian_pid(self) -> int | None:
+        """The pid of this watcher's guardian process, once one was started."""
+        return None if self._guardian is None else self._guardian.pid
+
     def register(self, proc: ManagedProcess) -> None:
-        """Start watching ``proc``; its pipes and pidfd now belong to the watcher. Any thread."""
+        """Start watching ``proc``; its pipes and pidfd now belong to the watcher. Any thread.
+
+        ``proc`` is registered with the guardian first (starting it on the first call), so
+        the watcher thread cannot reap and unregister it before it was registered."""
+        if not self.alive:
+            raise RuntimeError("the process watcher is stopped")
+        if self._guardian is not None and proc.start_ticks is not None:
+            self._guardian.register(proc.pid, proc.start_ticks)
         with self._lock:
             if not self.alive:
                 raise RuntimeError("the process watcher is stopped")
@@ -147,7 +127,9 @@ class ProcessWatcher:
         """Stop the thread; True if it ended within ``timeout``.
 
         Children still watched are abandoned: their pipes are closed and ``on_exit`` will not
-        run (:meth:`ManagedProcess.wait` still reaps them). Stop the children first.
+        run (:meth:`ManagedProcess.wait` still reaps them). Stop the children first: the
+        guardian, closed and reaped by the watcher thread on its way out, SIGKILLs those
+        still registered, which would otherwise be orphans.
         """
         with self._lock:
             self._stopping = True
@@ -176,11 +158,18 @@ class ProcessWatcher:
                 if _adopts_orphans() and time.monotonic() >= self._next_orphan_scan:
                     self._next_orphan_scan = time.monotonic() + self._orphan_scan_interval
                     self._guarded(lambda _: reap_adopted_orphans(), None)
+                if self._guardian_pid is not None and self._guardian_fd is None \
+                        and time.monotonic() >= self._next_guardian_check:
+                    self._next_guardian_check = time.monotonic() + GUARDIAN_CHECK_INTERVAL
+                    self._guarded(lambda _: self._sync_guardian(), None)
         finally:
             self._shutdown()
 
     def _timeout(self) -> float | None:
         timeout = POLL_INTERVAL if self._polled else None
+        if self._guardian_pid is not None and self._guardian_fd is None:
+            until_check = max(0.0, self._next_guardian_check - time.monotonic())
+            timeout = until_check if timeout is None else min(timeout, until_check)
         if _adopts_orphans():
             until_scan = max(0.0, self._next_orphan_scan - time.monotonic())
             timeout = until_scan if timeout is None else min(timeout, until_scan)
@@ -199,7 +188,11 @@ class ProcessWatcher:
                 while os.read(self._wake_r, 4096):
                     pass
             self._adopt()
-        elif isinstance(data, _Pipe):
+            self._sync_guardian()
+        elif data is _GUARDIAN:  # the guardian died
+            self._unwatch_guardian()
+            self._sync_guardian()
+        elif isinstance(data, OutputPipe):
             if not data.closed:
                 self._read(data, _READS_PER_EVENT)
         elif isinstance(data, _Watched) and data.pidfd is not None:
@@ -210,6 +203,37 @@ class ProcessWatcher:
                 os.close(data.pidfd)
                 data.pidfd = data.proc._pidfd = None
                 self._polled.append(data)
+
+    def _sync_guardian(self) -> None:
+        """Replace a dead guardian and watch the current one through a pidfd of our own."""
+        link = self._guardian
+        if link is None:
+            return
+        for _ in range(3):
+            link.check()
+            pid = link.pid
+            if pid == self._guardian_pid:
+                return
+            self._unwatch_guardian()
+            self._guardian_pid = pid
+            if pid is None or not self.uses_pidfd:
+                return
+            try:
+                fd = os.pidfd_open(pid)
+            except OSError:  # gone already: check() replaces it
+                continue
+            if link.pid != pid:  # replaced meanwhile (the pid may even have been reused)
+                os.close(fd)
+                continue
+            self._selector.register(fd, selectors.EVENT_READ, _GUARDIAN)
+            self._guardian_fd = fd
+            return
+
+    def _unwatch_guardian(self) -> None:
+        fd, self._guardian_fd, self._guardian_pid = self._guardian_fd, None, None
+        if fd is not None:
+            self._selector.unregister(fd)
+            os.close(fd)
 
     def _poll(self, watched: _Watched) -> None:
         if watched.proc._try_reap() is not None:
@@ -224,7 +248,7 @@ class ProcessWatcher:
                 ("stdout", proc._popen.stdout), ("stderr", proc._popen.stderr))
             for name, file in streams:
                 if file is not None:
-                    pipe = _Pipe(proc, name, file)
+                    pipe = OutputPipe(proc, name, file)
                     os.set_blocking(pipe.fd, False)
                     self._selector.register(pipe.fd, selectors.EVENT_READ, pipe)
                     pipes.append(pipe)
@@ -235,7 +259,7 @@ class ProcessWatcher:
             else:
                 self._polled.append(watched)
 
-    def _read(self, pipe: _Pipe, max_reads: int) -> None:
+    def _read(self, pipe: OutputPipe, max_reads: int) -> None:
         for _ in range(max_reads):
             try:
                 data = os.read(pipe.fd, _READ_SIZE)
@@ -250,7 +274,7 @@ class ProcessWatcher:
             for line in pipe.feed(data):
                 self._emit(pipe, line)
 
-    def _emit(self, pipe: _Pipe, raw: bytes) -> None:
+    def _emit(self, pipe: OutputPipe, raw: bytes) -> None:
         line = raw.decode("utf-8", errors="replace")
         if line.endswith("\r"):
             line = line[:-1]
@@ -262,7 +286,7 @@ class ProcessWatcher:
             except Exception:
                 pipe.logger.exception("on_output callback raised")
 
-    def _close_pipe(self, pipe: _Pipe) -> None:
+    def _close_pipe(self, pipe: OutputPipe) -> None:
         if pipe.closed:
             return
         if pipe.buf:
@@ -275,6 +299,8 @@ class ProcessWatcher:
     def _finish(self, watched: _Watched) -> None:
         """The child has been reaped: flush its output, close its fds, report the exit."""
         proc = watched.proc
+        if self._guardian is not None:
+            self._guardian.unregister(proc.pid)
         for pipe in watched.pipes:
             if not pipe.closed:
                 self._read(pipe, _FINAL_READS)  # what it wrote before exiting
@@ -320,7 +346,10 @@ class ProcessWatcher:
             proc._close_fds()
         self._watched.clear()
         self._polled.clear()
+        self._unwatch_guardian()
         self._selector.close()
+        if self._guardian is not None:
+            self._guardian.close()
 
 
 class _DefaultWatcher:
@@ -329,7 +358,8 @@ class _DefaultWatcher:
 
 
 def default_watcher() -> ProcessWatcher:
-    """The shared watcher, created on first use (again if it was stopped)."""
+    """The shared watcher, created on first use (again if it was stopped). It is never
+    stopped: its guardian kills what it still watches when this process exits."""
     with _DefaultWatcher.lock:
         if _DefaultWatcher.watcher is None or not _DefaultWatcher.watcher.alive:
             _DefaultWatcher.watcher = ProcessWatcher()
