@@ -8,6 +8,10 @@ id, so the output of every instance interleaves readably with ours.
 :class:`StatusLine` keeps a one-line display at the bottom of a terminal; log lines and
 messages are written above it. Any thread may use it (the loguru sink runs in whichever thread
 logs; the status refresh runs in the CLI's main thread): one lock serialises the writes.
+
+:class:`GuardedStream` is what both write to: output that may die under us (``up ... | head``
+exits, the terminal hangs up) is dropped and remembered instead of raising in whichever thread
+happened to log, so a dead stderr can never stop a shutdown (DESIGN.md section 7).
 """
 
 from __future__ import annotations
@@ -15,23 +19,66 @@ from __future__ import annotations
 import shutil
 import sys
 import threading
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from loguru import logger
 
 if TYPE_CHECKING:
     from loguru import Record
 
-__all__ = ["LEVELS", "StatusLine", "human_format", "setup_logging"]
+__all__ = ["LEVELS", "GuardedStream", "StatusLine", "TextOut", "human_format",
+           "setup_logging"]
 
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 _ERASE = "\r\x1b[K"
 
 
+class TextOut(Protocol):
+    """What the sinks here write to: a text stream, or a :class:`GuardedStream`."""
+
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> None: ...
+
+    def isatty(self) -> bool: ...
+
+
+class GuardedStream:
+    """A text stream whose ``write`` and ``flush`` never raise.
+
+    When the stream is dead (EPIPE from a closed pipe, EIO from a hung-up terminal, ValueError
+    from a closed file) the text is dropped and :attr:`lost` becomes True: the command then
+    knows its output was cut and exits non-zero. Any thread: the wrapped stream's own lock
+    orders the writes; :attr:`lost` is a flag only ever set to True.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lost = False
+
+    def write(self, text: str, /) -> None:
+        try:
+            self.stream.write(text)
+        except (OSError, ValueError):
+            self.lost = True
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.lost = True
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+
 class StatusLine:
     """A live line at the bottom of a TTY; :meth:`write` prints above it. Thread-safe."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextOut | None = None) -> None:
         self._stream = stream if stream is not None else sys.stderr
         self._lock = threading.Lock()
         self._text = ""
@@ -86,17 +133,19 @@ def _not_instance_output(record: Record) -> bool:
 
 
 def setup_logging(level: str = "INFO", *, json: bool = False,
-                  status: StatusLine | None = None, stream: TextIO | None = None,
+                  status: StatusLine | None = None, stream: TextIO | GuardedStream | None = None,
                   instance_output: bool = True) -> None:
     """Enable spear_actors' logs at ``level`` on stderr (JSON lines if ``json``).
 
     With ``status``, human-readable lines go through it so they print above the live line.
     ``instance_output=False`` drops the instances' relayed stdout/stderr lines.
+    The sink writes through a :class:`GuardedStream` (``stream`` if it is one already): a dead
+    stream never raises in the logging thread.
     Replaces any sink installed before (loguru's default one included).
     """
     from . import _log  # noqa: F401  (its import-time disable must come before our enable)
 
-    out = stream if stream is not None else sys.stderr
+    out = stream if isinstance(stream, GuardedStream) else GuardedStream(stream or sys.stderr)
     keep = None if instance_output else _not_instance_output
     logger.remove()
     logger.enable("spear_actors")
