@@ -3,30 +3,31 @@
 One module per job:
 
 - :mod:`.up`: ``up`` (and ``up --demo``): load the TOML file, start the system and its
-  control endpoint, launch the instances, watch them, shut everything down. Main thread.
-- :mod:`.signals`: the signal handlers (main thread, between bytecodes: flags only) and the
-  forced kill of a second Ctrl-C.
-- :mod:`.console`: ``up``'s progress and status output; exit codes.
+  control endpoint, launch the instances, watch them (main thread; two helper threads).
+- :mod:`.shutdown`: how ``up`` ends: every cleanup step runs, whatever failed before it.
+- :mod:`.signals`: the signal handlers (main thread, between bytecodes: flags only), the
+  wake-up pipe the waiting loop sleeps on, and the forced kill of a second Ctrl-C.
+- :mod:`.console`: ``up``'s progress and status output, which a dead stream never breaks;
+  exit codes.
 - :mod:`.repl`: the ``up --repl`` console.
 - :mod:`.commands`: ``status``, ``tree``, ``events``, ``metrics``, ``restart``, ``stop``, which
   talk to a running ``up`` through :func:`spear_actors.control.attach` (no pykka imported).
 - :mod:`.registry`: the command table :func:`build_parser` is built from; adding a command is
   one decorated function.
 
-Exit codes: 0 fine, 1 failure or no system running, 2 bad configuration or usage, 130 forced.
+Exit codes: 0 fine, 1 failure or no system running (or output lost: stdout or stderr was
+closed under us), 2 bad configuration or usage, 130 forced.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import SpearError
 from . import commands, up  # noqa: F401  (importing them registers their commands)
-from .console import EXIT_FAILURE, fail
+from .console import EXIT_FAILURE, fail, settle_streams
 from .registry import add_commands
 
 __all__ = ["build_parser", "main"]
@@ -43,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
     except SpearError as exc:  # NotRunning, TimeoutError, refused, ...
-        return fail(str(exc))
+        code = fail(str(exc))
     except BrokenPipeError:  # e.g. `spear-actors events | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILURE
+        code = EXIT_FAILURE
+    if settle_streams():  # output was cut: say so (and no exit code 120 from the last flush)
+        code = code or EXIT_FAILURE
+    return code

@@ -1,7 +1,9 @@
 """``up --repl``: an interactive Python console with the running ``system`` bound.
 
-Runs in the main thread (``code.interact`` reads stdin there); SIGTERM leaves it through
-:class:`spear_actors.cli.signals.Terminate`, raised by the signal handler.
+Runs in the main thread (``code.interact`` reads stdin there); SIGTERM, or the warden thread
+of :mod:`.up` when the system fails, leaves it through
+:class:`spear_actors.cli.signals.Terminate`, raised by the signal handler. Losing its terminal
+ends it as Ctrl-D would.
 """
 
 from __future__ import annotations
@@ -46,4 +48,6 @@ def run_repl(system: SpearSystem, run_file: str, control_endpoint: str) -> None:
     try:
         code.interact(banner=banner, local=namespace, exitmsg="")
     except (SystemExit, Terminate):
+        pass
+    except OSError:  # its terminal hung up (EIO) or its pipe closed: as if left with Ctrl-D
         pass

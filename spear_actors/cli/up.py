@@ -1,35 +1,51 @@
 """``spear-actors up``: run a system from a TOML file until a signal stops it.
 
-Everything here runs in the main thread. :func:`cmd_up` loads the TOML file (refusing a bad
-one with exit code 2 before anything starts), starts the system and the control endpoint,
-launches every task's instances (:func:`launch`, a bounded wait until all are READY), then
-shows a live status line, or a periodic log line when stderr is not a terminal
-(:func:`watch`), or the interactive console (``--repl``). When a signal asks for it (see
-:mod:`.signals`) or the console is left, it stops every instance within
-:func:`stop_budget`, kills and reaps whatever outlived that, and returns the exit code.
+:func:`cmd_up` runs in the main thread: it loads the TOML file (refusing a bad one with exit
+code 2 before anything starts), starts the system and the control endpoint, launches every
+task's instances (:func:`launch`, a bounded wait until all are READY), then waits in
+:func:`watch`, showing a live status line (a periodic log line when stderr is not a
+terminal), or runs the interactive console (``--repl``). It stops when a SIGINT/SIGTERM asks
+for it (see :mod:`.signals`), when the console is left, or when the system fails
+(:attr:`SpearSystem.failure`: the reason is printed and ``up`` exits 1); SIGHUP is reported
+and changes nothing yet. :func:`spear_actors.cli.shutdown.shut_down` then stops everything.
+
+Threads: the main thread does all of the above. A daemon thread (``spear-up-failure``) only
+waits for the system's failure and wakes the waiting loop at once. Under ``--repl`` the
+waiting loop (without status line) runs in a daemon thread (``spear-up-warden``), which
+reports the signals and, should the system fail, makes the main thread leave the console.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, SpearError
 from ..logging_setup import LEVELS, setup_logging
-from .console import EXIT_FORCED, EXIT_USAGE, Console, duration, fail
+from .console import (
+    EXIT_FAILURE,
+    EXIT_FORCED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Console,
+    duration,
+    fail,
+)
 from .registry import command
 from .repl import run_repl
-from .signals import Signals, Terminate, kill_descendants
+from .shutdown import shut_down
+from .signals import Signals, Terminate
 
 if TYPE_CHECKING:
-    from ..control import ControlServer
+    from ..control import ControlServer, RunInfo
     from ..system import SpearSystem
     from ..tomlconfig import SpearFile
 
-__all__ = ["DEFAULT_CONFIG", "STATUS_LOG_EVERY", "cmd_up", "launch", "stop_budget", "watch"]
+__all__ = ["DEFAULT_CONFIG", "STATUS_LOG_EVERY", "cmd_up", "launch", "report_signals",
+           "stop_budget", "watch"]
 
 STATUS_LOG_EVERY = 30.0
 """Seconds between status log lines when stderr is not a terminal."""
@@ -66,11 +82,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         return _demo(args)
     console = Console(json_logs=args.log_json)
     setup_logging(args.log_level or ("WARNING" if args.repl else "INFO"), json=args.log_json,
-                  status=console.live)  # log lines print above the live line
+                  status=console.live, stream=console.err)  # above the live line, if any
     try:
         spec = _load_config(args.config)
     except ConfigError as exc:
-        return fail(f"config error: {exc}", EXIT_USAGE)
+        return console.fail(f"config error: {exc}", EXIT_USAGE)
     from ..control import ControlServer, claim_run_dir, resolve_run_dir
     from ..process import set_child_subreaper
     from ..system import SpearSystem
@@ -78,48 +94,85 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         run_dir = claim_run_dir(resolve_run_dir(args.run_dir))
     except SpearError as exc:
-        return fail(str(exc))
+        return console.fail(str(exc))
     set_child_subreaper()
     signals = Signals(quiet=args.log_json)
     signals.install(sigint=not args.repl)
     try:
         system = SpearSystem.start(spec.system)
     except SpearError as exc:
-        return fail(f"cannot start: {exc}")
+        return console.fail(f"cannot start: {exc}")
+    _relay_failure(system, signals)
+    outcome = EXIT_FAILURE
     control: ControlServer | None = None
     try:
         control = ControlServer(system, run_dir)
         signals.on_force.append(control.remove_run_file)
         info = control.start()
-        if not spec.tasks:
-            console.line(f"{spec.source}: no tasks configured; the system is empty (create "
-                         "instances from --repl or through spear_actors.attach())")
-        launch(system, spec, console, signals)
-        signals.in_repl = args.repl  # from now on SIGTERM leaves the console
-        if signals.requested.is_set():
-            return 0
-        if args.repl:
-            run_repl(system, info.path, info.endpoint)
-        else:
-            watch(system, console, signals)
-        return 0
+        outcome = _serve(args, system, spec, console, signals, info)
     except SpearError as exc:
         console.clear()
-        return fail(str(exc))
+        outcome = _report(system, console, exc)
     except (KeyboardInterrupt, Terminate):  # Ctrl-C before the --repl console was up
-        return 0
+        outcome = EXIT_OK
     finally:
-        signals.in_repl = False
-        signals.shutting_down()
+        clean = shut_down(system, control, console, signals, budget=stop_budget(spec))
+    if not clean or console.lost or signals.output_lost:
+        return outcome or EXIT_FAILURE  # the shutdown was complete, but not all of it was said
+    return outcome
+
+
+def _serve(args: argparse.Namespace, system: SpearSystem, spec: SpearFile, console: Console,
+           signals: Signals, info: RunInfo) -> int:
+    """Launch, then watch (or run the console) until a signal, the console's end or the
+    system's failure; returns the exit code."""
+    if not spec.tasks:
+        console.line(f"{spec.source}: no tasks configured; the system is empty (create "
+                     "instances from --repl or through spear_actors.attach())")
+    launch(system, spec, console, signals)
+    signals.in_repl = args.repl  # from now on SIGTERM leaves the console
+    if signals.requested:
+        return EXIT_OK
+    if args.repl:
+        warden = threading.Thread(target=_repl_warden, args=(system, console, signals),
+                                  name="spear-up-warden", daemon=True)
+        warden.start()
+        run_repl(system, info.path, info.endpoint)
+    else:
+        watch(system, console, signals)
+    failure = system.failure
+    if failure is not None:
         console.clear()
-        if control is not None:
-            control.close()
-        why = f"{signals.received}: " if signals.received else ""
-        hint = " (Ctrl-C again to force)" if sys.stdin.isatty() else ""
-        console.line(f"{why}stopping every instance ...{hint}")
-        system.shutdown(timeout=stop_budget(spec))
-        _reap_leftovers()
-        console.line("spear-actors stopped")
+        return _report(system, console, failure)
+    return EXIT_OK
+
+
+def _report(system: SpearSystem, console: Console, exc: SpearError) -> int:
+    """Print why ``up`` gives up (the system's failure first: it explains the rest)."""
+    failure = system.failure
+    if failure is not None:
+        return console.fail(f"system failed: {failure}")
+    return console.fail(str(exc))
+
+
+def _relay_failure(system: SpearSystem, signals: Signals) -> None:
+    """Wake the waiting loop the moment the system escalates (a daemon thread that ends at
+    the shutdown): the loop then sees :attr:`SpearSystem.failure`."""
+    def relay() -> None:
+        while not signals.stopping:
+            if system.wait_failed(0.5) is not None:
+                signals.poke()
+                return
+
+    threading.Thread(target=relay, name="spear-up-failure", daemon=True).start()
+
+
+def _repl_warden(system: SpearSystem, console: Console, signals: Signals) -> None:
+    """Under ``--repl`` the main thread reads stdin: this thread reports the signals and,
+    should the system fail, takes the main thread out of the console. Daemon thread."""
+    watch(system, console, signals, status=False)
+    if system.failure is not None and not signals.stopping:
+        signals.leave_repl()
 
 
 def stop_budget(spec: SpearFile) -> float:
@@ -142,7 +195,12 @@ def launch(system: SpearSystem, spec: SpearFile, console: Console, signals: Sign
             except SpearError as exc:
                 raise SpearError(f"cannot start task {task.name!r}: {exc}") from exc
     limit = max(t.config.startup_timeout for t in spec.tasks) + 5.0
-    while not signals.requested.is_set():
+    while True:
+        report_signals(signals)
+        if signals.stopping:
+            return
+        if system.failure is not None:
+            raise system.failure
         infos = [i for i in system.instances() if i.id in ids]
         ready = sum(i.state.is_serving for i in infos)
         console.show(f"starting {total} instances ... {ready}/{total} ready")
@@ -157,7 +215,7 @@ def launch(system: SpearSystem, spec: SpearFile, console: Console, signals: Sign
         if time.monotonic() - t0 > limit:
             late = ", ".join(f"{i.id} ({i.state.value})" for i in infos if not i.state.is_serving)
             raise SpearError(f"instances not READY after {limit:.0f} s: {late}")
-        signals.requested.wait(0.05)
+        signals.wait(0.05)
 
 
 def _status_text(system: SpearSystem, started: float) -> str:
@@ -171,45 +229,43 @@ def _status_text(system: SpearSystem, started: float) -> str:
     return text + (f" | {failed} FAILED" if failed else "")
 
 
-def watch(system: SpearSystem, console: Console, signals: Signals) -> None:
-    """Refresh the status line about once a second until a signal asks us to stop."""
+def watch(system: SpearSystem, console: Console, signals: Signals, *,
+          status: bool = True) -> None:
+    """Until a signal asks for the shutdown or the system fails: report the signals and, with
+    ``status``, refresh the status line about once a second (a log line every
+    :data:`STATUS_LOG_EVERY` s when stderr is not a terminal). Main thread (the ``--repl``
+    warden thread with ``status=False``)."""
     from .._log import logger
 
     started = time.monotonic()
     last_log = started - STATUS_LOG_EVERY  # the first line at once
     while True:
-        try:
-            text = _status_text(system, started)
-        except SpearError as exc:
-            logger.warning("status unavailable: {}", exc)
-            text = None
-        if text is not None and console.live is not None:
-            console.show(text)
-        elif text is not None and time.monotonic() - last_log >= STATUS_LOG_EVERY:
-            last_log = time.monotonic()
-            logger.info("status: {}", text)
-        if signals.requested.wait(1.0):
+        report_signals(signals)
+        if signals.stopping or system.failure is not None:
             return
+        if status:
+            try:
+                text: str | None = _status_text(system, started)
+            except SpearError as exc:
+                if system.failure is not None:
+                    return
+                logger.warning("status unavailable: {}", exc)
+                text = None
+            if text is not None and console.live is not None:
+                console.show(text)
+            elif text is not None and time.monotonic() - last_log >= STATUS_LOG_EVERY:
+                last_log = time.monotonic()
+                logger.info("status: {}", text)
+        signals.wait(1.0)
 
 
-def _reap_leftovers() -> None:
-    """After the graceful shutdown: kill and reap whatever still runs below us (a process
-    that outlived its stop, an orphan that came to us as subreaper). Main thread."""
-    import psutil
-
+def report_signals(signals: Signals) -> None:
+    """Log what the signal handlers could not: each SIGHUP received. The waiting loop."""
     from .._log import logger
 
-    try:
-        leftovers = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return
-    if kill_descendants():
-        logger.warning("{} process(es) outlived the shutdown: killed", len(leftovers))
-    for child in psutil.Process().children():
-        try:
-            child.wait(timeout=2)  # our own children: reap them
-        except (psutil.Error, psutil.TimeoutExpired):
-            continue
+    for _ in range(signals.take_hangups()):
+        logger.warning("received SIGHUP: reloading the configuration is not available yet; "
+                       "still running")
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -6,12 +6,17 @@ SIGKILL) and its output goes to a file so a full pipe can never stall it.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import psutil
 from helpers import wait_until
 
 CLI = [sys.executable, "-m", "spear_actors.cli"]
@@ -88,3 +93,64 @@ class UpProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def up_args(config: Path, run_dir: Path, *extra: str) -> list[str]:
+    """The command line of ``spear-actors up`` on ``config`` with its own run directory."""
+    return [*CLI, "up", "--config", str(config), "--run-dir", str(run_dir), *extra]
+
+
+def read_until(fd: int, needle: bytes | None, timeout: float) -> bytes:
+    """Read ``fd`` (a pipe or a pty master) until ``needle`` shows up, or to its end if
+    ``needle`` is None; bounded."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle is None or needle not in seen:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"{needle or 'EOF'!r} not seen within {timeout}s; got:\n"
+                                 f"{seen.decode(errors='replace')}")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk and needle is None:
+                break
+            if not chunk:
+                raise AssertionError(f"EOF before {needle!r}; got:\n"
+                                     f"{seen.decode(errors='replace')}")
+            seen += chunk
+    return seen
+
+
+def instance_processes(run_dir: Path, count: int, timeout: float = 20.0
+                       ) -> dict[int, float]:
+    """pid -> create time of the ``count`` serving instances of the ``up`` on ``run_dir``."""
+    from spear_actors import attach
+
+    with attach(run_dir, timeout=5) as spear:
+        infos = wait_until(lambda: (i := spear.instances()) and len(i) == count and all(
+            x.state.is_serving and x.pid for x in i) and i, timeout,
+            message=f"{count} serving instances")
+    return {i.pid: psutil.Process(i.pid).create_time() for i in infos if i.pid}
+
+
+def gone(pid: int, created: float) -> bool:
+    """The process ``pid`` started at ``created`` no longer exists (or is a zombie)."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.create_time() != created or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def kill_all(proc: subprocess.Popen[bytes], processes: Mapping[int, float] = {}) -> None:
+    """Test cleanup whatever happened: SIGKILL ``proc`` (then reap it) and every process of
+    ``processes`` (pid -> create time) still there."""
+    if proc.poll() is None:
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    for pid, created in processes.items():
+        with contextlib.suppress(psutil.Error):
+            if not gone(pid, created):
+                psutil.Process(pid).kill()
