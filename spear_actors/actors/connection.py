@@ -50,6 +50,7 @@ from ..protocol.server import (
     Closed,
     Delivered,
     Dropped,
+    Mute,
     Opened,
     Output,
     Send,
@@ -66,6 +67,8 @@ from .service import ServiceActor
 __all__ = ["ConnectionActor"]
 
 _MAX_ID_IN_EVENT = 128
+PUMP_DROPS = ("muted_dropped", "peers_cut", "over_budget", "frames_dropped_restart")
+"""Pump counters reported in ``metrics()["errors"]``."""
 
 
 def _clip(text: str | None) -> str | None:
@@ -97,6 +100,11 @@ class ConnectionActor(ServiceActor):
         self._owner_of_tag: dict[bytes, str] = {}
         self._instances: dict[str, tuple[Any, int]] = {}  # instance -> (ActorRef, generation)
         self._seen = listener.seen
+        self._reauth: dict[str, bytes] = {}
+        """instance -> the peer it was authenticated on with our predecessor (trusted, never
+        muted, until it has authenticated again)."""
+        self._pump_counts = {name: listener.pump.counters.get(name, 0) for name in PUMP_DROPS}
+        """What this incarnation has reported of the pump's counters."""
         self._pump: RouterPump = listener.pump
         self._sends: list[tuple[bytes, bytes]] = []
         self._opened = self._closed = self._auth_failures = 0
@@ -111,6 +119,7 @@ class ConnectionActor(ServiceActor):
             case ConnectionTick(now):
                 self._touch_seen()
                 self._apply(self._protocol.tick(now), now)
+                self._count_pump_drops()
                 self._flush(now)
             case ExpectInstance(instance_id, secret, ref, generation, tag, routing_id):
                 self._expect(instance_id, secret, ref, generation, tag, routing_id)
@@ -166,6 +175,7 @@ class ConnectionActor(ServiceActor):
             self._listener_of[instance_id] = (tag, generation)
             self._owner_of_tag[tag] = instance_id
         if routing_id is not None:  # it was authenticated with our predecessor: ask again
+            self._reauth[instance_id] = routing_id
             self._sends.append((routing_id, pack(Error(
                 ErrorCode.NOT_AUTHENTICATED.value, "the spearlet restarted its connection "
                 "service: authenticate again"), 0, time.time())))
@@ -235,8 +245,15 @@ class ConnectionActor(ServiceActor):
                     self._opened += 1
                     self._event("Connected", wall, connection_id=connection_id,
                                 remote_addr=remote_addr)
+                case Mute(routing_id, _):
+                    if routing_id not in self._listener.trusted:
+                        self._pump.mute(routing_id)
                 case Authenticated(connection_id, routing_id, instance_id, session_id,
                                    client_type, client_version, superseded):
+                    self._listener.trusted.add(routing_id)
+                    previous = self._reauth.pop(instance_id, None)
+                    if previous is not None and previous != routing_id:
+                        self._listener.trusted.discard(previous)
                     self._event("Authenticated", wall, connection_id=connection_id,
                                 instance_id=instance_id, client_type=_clip(client_type),
                                 client_version=_clip(client_version), superseded=superseded)
@@ -253,6 +270,8 @@ class ConnectionActor(ServiceActor):
                 case Closed(connection_id, routing_id, instance_id, reason, was_auth):
                     self._closed += 1
                     self._pump.forget(routing_id)
+                    if was_auth:
+                        self._listener.trusted.discard(routing_id)
                     if reason == "heartbeat_timeout":
                         self._event("HeartbeatTimeout", wall, connection_id=connection_id,
                                     instance_id=instance_id)
@@ -269,6 +288,16 @@ class ConnectionActor(ServiceActor):
                                     message=_clip(payload.message))
                 case Dropped(_, code, _):
                     self._errors[code] = self._errors.get(code, 0) + 1
+
+    def _count_pump_drops(self) -> None:
+        """What the pump refused without us (muted peers, budgets) joins the error counts."""
+        counters = self._pump.counters
+        for name in PUMP_DROPS:
+            total = counters.get(name, 0)
+            delta = total - self._pump_counts[name]
+            if delta > 0:
+                self._errors[name] = self._errors.get(name, 0) + delta
+            self._pump_counts[name] = total
 
     def _event(self, kind: str, wall: float, **data: Any) -> None:
         safe_tell(self._monitor, RecordEvent(kind, data, wall))

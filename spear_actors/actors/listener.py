@@ -25,7 +25,17 @@ from ..transport.router import Inbound, RouterPump
 from .dataplane import RequestTable, ResponseFastPath
 from .deps import ListenerInfo, Services
 
-__all__ = ["Listener"]
+__all__ = ["PEER_BURST", "PEER_RATE", "Listener"]
+
+MAX_TRACKED = 4096
+"""Peers' budgets kept before those back to a full bucket are forgotten."""
+
+PEER_RATE = 1000.0
+PEER_BURST = 1000.0
+"""Per-peer budget of frames handed to the ConnectionActor (a token bucket: PEER_RATE a
+second, PEER_BURST at once). A well-behaved instance sends about one heartbeat per interval
+beside its execute answers (which the fast path takes, uncounted), so only a flood meets it.
+"""
 
 
 class Listener:
@@ -40,6 +50,12 @@ class Listener:
         """routing id -> last frame time; written by the pump thread, read (and cleared) by
         the ConnectionActor on each tick (a touch lost to the race is harmless)."""
         self._connection_ids = itertools.count(1)
+        self.trusted: set[bytes] = set()
+        """Routing ids of authenticated peers (the ConnectionActor's thread writes it). It
+        outlives a ConnectionActor restart: the new incarnation asks these peers to
+        authenticate again instead of muting them for a first frame that is not AUTH_REQUEST.
+        """
+        self._budget: dict[bytes, tuple[float, float]] = {}  # routing id -> (tokens, at)
         self.pump = RouterPump(self._consume, config, on_tick=self._tick,
                                on_send_failed=self._send_failed)
         self.dropped = 0
@@ -80,11 +96,33 @@ class Listener:
         for frame in frames:  # every frame proves liveness, fast-path answers included
             seen[frame.routing_id] = frame.received_at
         rest = self._fast_path(frames)
+        if rest:
+            rest = self._within_budget(rest)
         if rest and not self._tell_connection(InboundBatch(rest)):
             self.dropped += len(rest)
             self.pump.counters["frames_dropped_restart"] += len(rest)
 
+    def _within_budget(self, frames: list[Inbound]) -> list[Inbound]:
+        """Frames within their peer's budget go on to the ConnectionActor (what the fast path
+        took is not counted): a flooding peer cannot queue up work ahead of everyone else's
+        heartbeats. Its excess is dropped undecoded and counted (``over_budget``)."""
+        budget = self._budget
+        kept = []
+        for frame in frames:
+            tokens, at = budget.get(frame.routing_id, (PEER_BURST, frame.received_at))
+            tokens = min(PEER_BURST, tokens + (frame.received_at - at) * PEER_RATE)
+            if tokens >= 1.0:
+                kept.append(frame)
+                tokens -= 1.0
+            budget[frame.routing_id] = (tokens, frame.received_at)
+        if len(kept) < len(frames):
+            self.pump.counters["over_budget"] += len(frames) - len(kept)
+        return kept
+
     def _tick(self, now: float) -> None:
+        if len(self._budget) > MAX_TRACKED:  # forget peers whose bucket is full again
+            self._budget = {rid: (tokens, at) for rid, (tokens, at) in self._budget.items()
+                            if (now - at) * PEER_RATE + tokens < PEER_BURST}
         self._tell_connection(ConnectionTick(now))
 
     def _send_failed(self, routing_id: bytes, tag: int, reason: str) -> None:

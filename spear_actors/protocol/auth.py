@@ -44,10 +44,13 @@ class _Bucket:
 class AuthPolicy:
     """Expected instances and their secrets, the validator, the connection limit, throttling.
 
-    Throttling is a token bucket per instance id: each failure spends a token, ``burst``
-    tokens at most, refilled at ``refill_per_s``; with none left, attempts for that id are
-    refused without being checked. The bucket table is bounded (oldest entries evicted) so
-    random instance ids cannot grow memory.
+    Throttling (DESIGN.md section 11) is a token bucket per *peer* (its address, never the
+    instance id it claims): each failure spends a token, ``burst`` tokens at most, refilled
+    at ``refill_per_s``. A peer with none left gets :attr:`AuthVerdict.THROTTLED` for its
+    failures, which the server refuses silently (no answer, no event, no log line). Every
+    attempt is still checked, so the right secret is accepted whatever its peer's bucket
+    holds: an attacker's failures never delay a legitimate instance. The bucket table is
+    bounded (oldest entries evicted) so random peers cannot grow memory.
     """
 
     def __init__(self, validator: Callable[[str, str], bool] | None = None,
@@ -68,7 +71,6 @@ class AuthPolicy:
     def expect(self, instance_id: str, secret: str) -> None:
         """Accept ``instance_id`` with ``secret`` from now on (replaces any previous secret)."""
         self._secrets[instance_id] = secret.encode()
-        self._buckets.pop(instance_id, None)
 
     def forget(self, instance_id: str) -> None:
         """Stop accepting ``instance_id`` at all."""
@@ -78,22 +80,24 @@ class AuthPolicy:
         return instance_id in self._secrets
 
     # -- decisions ---------------------------------------------------------------------------
-    def throttled(self, instance_id: str, now: float) -> bool:
-        bucket = self._buckets.get(instance_id)
+    def throttled(self, peer: str, now: float) -> bool:
+        bucket = self._buckets.get(peer)
         if bucket is None:
             return False
         self._refill_bucket(bucket, now)
         return bucket.tokens < 1.0
 
     def check(self, instance_id: str, token: str, active_connections: int,
-              now: float, replacing: bool = False) -> AuthVerdict:
-        """Decide one attempt. ``replacing``: the instance already holds a connection, so the
-        limit is not reached by accepting it. Failures are recorded for throttling."""
-        if self.throttled(instance_id, now):
-            return AuthVerdict.THROTTLED
+              now: float, replacing: bool = False, peer: str = "") -> AuthVerdict:
+        """Decide one attempt from ``peer``. ``replacing``: the instance already holds a
+        connection, so the limit is not reached by accepting it. A failure is recorded
+        against ``peer``; one from a peer out of tokens is THROTTLED instead."""
         verdict = self._judge(instance_id, token, active_connections, replacing)
-        if verdict not in (AuthVerdict.OK, AuthVerdict.TOO_MANY_CONNECTIONS):
-            self._record_failure(instance_id, now)
+        if verdict in (AuthVerdict.OK, AuthVerdict.TOO_MANY_CONNECTIONS):
+            return verdict
+        if self.throttled(peer, now):
+            return AuthVerdict.THROTTLED
+        self._record_failure(peer, now)
         return verdict
 
     def _judge(self, instance_id: str, token: str, active: int,
@@ -124,11 +128,11 @@ class AuthPolicy:
         bucket.tokens = min(self._burst, bucket.tokens + elapsed * self._refill)
         bucket.updated = now
 
-    def _record_failure(self, instance_id: str, now: float) -> None:
-        bucket = self._buckets.get(instance_id)
+    def _record_failure(self, peer: str, now: float) -> None:
+        bucket = self._buckets.get(peer)
         if bucket is None:
             if len(self._buckets) >= self._max_tracked:
                 self._buckets.pop(next(iter(self._buckets)))
-            bucket = self._buckets[instance_id] = _Bucket(self._burst, now)
+            bucket = self._buckets[peer] = _Bucket(self._burst, now)
         self._refill_bucket(bucket, now)
         bucket.tokens = max(0.0, bucket.tokens - 1.0)

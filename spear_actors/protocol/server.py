@@ -38,6 +38,7 @@ __all__ = [
     "Closed",
     "Delivered",
     "Dropped",
+    "Mute",
     "Opened",
     "Output",
     "Send",
@@ -51,6 +52,7 @@ SERVER_VERSION = "spear-actors/0.1"
 FEATURES = ("heartbeat", "execute", "signal", "stream")
 GENERIC_AUTH_FAILURE = "authentication failed"
 ERROR_INTERVAL = 1.0  # at most one unsolicited ERROR per peer per second
+MAX_MUTED = 4096
 
 
 class SessionState(enum.Enum):
@@ -144,7 +146,19 @@ class Dropped:
     detail: str
 
 
-Output = Send | Opened | Authenticated | AuthenticationFailed | Closed | Delivered | Dropped
+@dataclass(frozen=True, slots=True)
+class Mute:
+    """Drop this peer's further frames undecoded and cut its connection (DESIGN.md section
+    11): its first frame was not a valid AUTH_REQUEST, its auth failed, or there was no room
+    for it. It is heard again only under a new routing id (a reconnection). An
+    unauthenticated session stays counted as pending until ``auth_timeout`` closes it."""
+
+    routing_id: bytes
+    reason: str
+
+
+Output = (Send | Opened | Authenticated | AuthenticationFailed | Closed | Delivered | Dropped
+          | Mute)
 
 
 @dataclass(slots=True, eq=False)
@@ -162,6 +176,7 @@ class ServerSession:
     client_type: str | None = None
     client_version: str | None = None
     heartbeat_sequence: int = 0
+    last_heartbeat_answer: float = float("-inf")
     last_error_sent: float = float("-inf")
     bad_in_a_row: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -205,6 +220,10 @@ class ServerProtocol:
         self._by_connection: dict[str, ServerSession] = {}
         self._pending = 0
         self._conn_counter = 0
+        self._heartbeat_spacing = settings.heartbeat_interval / 4
+        self._muted: dict[bytes, None] = {}
+        """Routing ids this protocol told its owner to mute (bounded, oldest first out): their
+        frames already on the way are dropped here, so a peer gets one answer at most."""
         self._new_connection_id = new_connection_id or self._next_connection_id
         self.counters: dict[str, int] = {}
         """Refusals and drops by reason (bad_message, not_authenticated, ...)."""
@@ -253,11 +272,14 @@ class ServerProtocol:
                 remote_addr: str | None = None) -> list[Output]:
         """One inbound frame from ``routing_id``."""
         out: list[Output] = []
+        if routing_id in self._muted:  # until the owner's pump drops them itself
+            return [self._count(Dropped(None, "muted_dropped", "muted peer"))]
         session = self._sessions.get(routing_id)
         if session is None:
             if self._pending >= self.settings.max_pending:
                 return [self._count(Dropped(None, "too_many_pending",
-                                            "too many unauthenticated peers"))]
+                                            "too many unauthenticated peers")),
+                        self._mute(routing_id, "too_many_pending")]
             session = self._open(routing_id, now, remote_addr)
             out.append(Opened(session.connection_id, routing_id, remote_addr))
         session.last_activity = now
@@ -348,6 +370,12 @@ class ServerProtocol:
         self._tally(payload.TYPE.name, "out", len(body))
         return Send(session.routing_id, body, payload.TYPE)
 
+    def _mute(self, routing_id: bytes, reason: str) -> Mute:
+        self._muted[routing_id] = None
+        if len(self._muted) > MAX_MUTED:
+            del self._muted[next(iter(self._muted))]
+        return Mute(routing_id, reason)
+
     def _count(self, dropped: Dropped) -> Dropped:
         self.counters[dropped.code] = self.counters.get(dropped.code, 0) + 1
         return dropped
@@ -369,9 +397,11 @@ class ServerProtocol:
             if session.bad_in_a_row >= self.settings.max_bad_messages:
                 session.state = SessionState.ERROR
                 out.extend(self._close(session, "protocol_error", now, notify=True))
-        elif exc.code == ErrorCode.UNSUPPORTED_VERSION.value:
-            # a client speaking another version deserves to know why nobody answers it
-            out.extend(self._error(session, ErrorCode.UNSUPPORTED_VERSION, str(exc), now))
+        else:
+            if exc.code == ErrorCode.UNSUPPORTED_VERSION.value:
+                # a client speaking another version deserves to know why nobody answers it
+                out.extend(self._error(session, ErrorCode.UNSUPPORTED_VERSION, str(exc), now))
+            out.append(self._mute(session.routing_id, exc.code))
         return out
 
     def _receive_unauthenticated(self, session: ServerSession, message: SpearMessage,
@@ -382,6 +412,7 @@ class ServerProtocol:
                 f"{message.message_type.name} before AUTH_REQUEST"))]
             out.extend(self._error(session, ErrorCode.NOT_AUTHENTICATED,
                                    "authenticate first", now, message.request_id))
+            out.append(self._mute(session.routing_id, ErrorCode.NOT_AUTHENTICATED.value))
             return out
         previous = self._by_instance.get(payload.instance_id)
         if self._auth_scope is not None and not self._auth_scope(session.routing_id,
@@ -390,7 +421,8 @@ class ServerProtocol:
         else:
             verdict = self.policy.check(payload.instance_id, payload.token,
                                         self.authenticated_count, now,
-                                        replacing=previous is not None)
+                                        replacing=previous is not None,
+                                        peer=session.remote_addr or "local")
         if verdict is not AuthVerdict.OK:
             return self._refuse(session, message, payload, verdict, now)
         out = []
@@ -417,6 +449,12 @@ class ServerProtocol:
     def _refuse(self, session: ServerSession, message: SpearMessage, payload: AuthRequest,
                 verdict: AuthVerdict, now: float) -> list[Output]:
         out: list[Output] = []
+        if verdict is AuthVerdict.THROTTLED:  # silently: no answer, no event, no log line
+            out.append(self._count(Dropped(session.connection_id, "auth_throttled",
+                                           "too many failures from this peer")))
+            out.append(self._mute(session.routing_id, "auth_throttled"))
+            out.extend(self._close(session, "auth_failed", now, notify=False))
+            return out
         if verdict is AuthVerdict.TOO_MANY_CONNECTIONS:
             out.extend(self._error(session, ErrorCode.TOO_MANY_CONNECTIONS,
                                    "connection limit reached", now, message.request_id,
@@ -428,6 +466,7 @@ class ServerProtocol:
         self._count(Dropped(session.connection_id, ErrorCode.AUTH_FAILED.value, verdict.value))
         out.append(AuthenticationFailed(session.connection_id, payload.instance_id,
                                         verdict.value))
+        out.append(self._mute(session.routing_id, "auth_failed"))
         out.extend(self._close(session, "auth_failed", now, notify=False))
         return out
 
@@ -436,6 +475,12 @@ class ServerProtocol:
         assert session.instance_id is not None
         if isinstance(payload, Heartbeat):
             session.heartbeat_sequence = payload.sequence
+            if now - session.last_heartbeat_answer < self._heartbeat_spacing:
+                # a peer heartbeating faster than it was told: liveness is already noted,
+                # its extra answers would only cost everyone else (DESIGN.md section 11)
+                return [self._count(Dropped(session.connection_id, "heartbeat_flood",
+                                            "heartbeats faster than the interval"))]
+            session.last_heartbeat_answer = now
             return [self._send(session, Heartbeat(payload.sequence), message.request_id)]
         if isinstance(payload, (ExecuteResponse, StreamData, Error)):
             return [Delivered(session.connection_id, session.routing_id, session.instance_id,

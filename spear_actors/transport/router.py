@@ -7,11 +7,21 @@ thread with a bounded start-up wait; :meth:`RouterPump.stop` wakes it, closes th
 inbound batches to ``consumer`` (called in the pump thread); any thread may queue outbound
 frames with :meth:`send` (a deque plus a wake-up pipe: a pipe fd, unlike a zmq socket, may be
 written from any thread). Nothing a peer sends can stop the pump.
+
+Hostile peers (DESIGN.md section 11): the owner may :meth:`~RouterPump.mute` a routing id.
+The pump then drops that peer's frames as they arrive, without decoding or handing them on,
+and cuts its TCP or ipc connection (``shutdown`` of the connection's descriptor, taken from
+the frame with ``ZMQ_SRCFD`` and checked against the peer it was first seen from), so the
+peer must reconnect, under a new routing id, to be heard again; its DEALER's backlog goes
+with the connection instead of being read frame by frame.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +46,9 @@ LISTENER_MARK = 0xFF
 Ids ZeroMQ assigns start with a zero byte, so on the main listener a peer-chosen id starting
 with 0xFF could only be an impersonation attempt: such frames are dropped and counted."""
 TAG_SIZE = 4
+MAX_MUTED = 65_536
+"""Muted routing ids remembered (oldest forgotten first: a forgotten one that is still
+connected gets its next frame decoded once, and is muted again)."""
 # plain ints: pyzmq's flag enums cost an Enum call per `|`, and `sock.rcvmore` goes through
 # attribute magic (getattr on the zmq module) on every access; both sit on the hot path
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -81,7 +94,12 @@ class RouterPump:
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        self._known: set[bytes] = set()
+        self._known: dict[bytes, object] = {}
+        """routing id -> the peer's identity (remote address, or credentials on ipc), taken
+        at its first frame: a connection is cut only if its descriptor still leads there."""
+        self._peer_ops: collections.deque[tuple[bytes, bool]] = collections.deque()
+        """(routing id, mute?) from the owner, applied in order by the pump thread."""
+        self._muted: dict[bytes, bool] = {}  # routing id -> its connection was cut
         self._control: collections.deque[tuple[str, bytes, Future[BoundEndpoint]]] = \
             collections.deque()
         self._extra: dict[bytes, tuple[zmq.Socket[bytes], BoundEndpoint]] = {}
@@ -163,8 +181,20 @@ class RouterPump:
         return None
 
     def forget(self, routing_id: bytes) -> None:
-        """The owner no longer tracks this peer; its address is reported again if it returns."""
-        self._known.discard(routing_id)
+        """The owner no longer tracks this peer; its address is reported again if it returns.
+        Any thread."""
+        self._peer_ops.append((routing_id, False))
+        self._wakeup.wake()
+
+    def mute(self, routing_id: bytes) -> None:
+        """Drop every later frame of ``routing_id`` undecoded and cut its connection. Any
+        thread; applied by the pump thread before it reads the next frames."""
+        self._peer_ops.append((routing_id, True))
+        self._wakeup.wake()
+
+    @property
+    def muted_count(self) -> int:
+        return len(self._muted)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread, close the socket, terminate the context. Idempotent."""
@@ -243,6 +273,8 @@ class RouterPump:
                 self._wakeup.drain()
                 if self._control:
                     self._apply_control(poller, extra_prefix)
+            if self._peer_ops:
+                self._apply_peer_ops()
             if self._outbox:
                 self._flush(sock)
             if sock in events:
@@ -291,9 +323,40 @@ class RouterPump:
                 future.set_exception(exc if isinstance(exc, TransportError | ValueError)
                                      else TransportError(str(exc)))
 
+    def _apply_peer_ops(self) -> None:
+        muted, known = self._muted, self._known
+        while self._peer_ops:
+            routing_id, mute = self._peer_ops.popleft()
+            if not mute:
+                if routing_id not in muted:  # a muted peer's identity is kept for its cut
+                    known.pop(routing_id, None)
+            elif routing_id not in muted:
+                muted[routing_id] = False
+                if len(muted) > MAX_MUTED:
+                    oldest = next(iter(muted))
+                    del muted[oldest]
+                    known.pop(oldest, None)
+
+    def _cut(self, routing_id: bytes, frame: zmq.Frame) -> None:
+        """Shut the muted peer's connection down (libzmq then closes it: the peer must
+        reconnect under a new routing id). Only if the descriptor still leads to the peer
+        first seen under this routing id: a descriptor number may have been reused."""
+        self._muted[routing_id] = True
+        expected = self._known.pop(routing_id, None)
+        try:
+            fd = int(frame.get(zmq.SRCFD))
+        except (zmq.ZMQError, ValueError, TypeError):
+            return
+        if fd < 0 or expected is None or _peer_identity(fd) != expected:
+            return
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as conn:
+            conn.shutdown(socket.SHUT_RDWR)
+            self.counters["peers_cut"] += 1
+
     def _drain(self, sock: zmq.Socket[bytes], prefix: bytes) -> None:
         batch: list[Inbound] = []
         known = self._known
+        muted = self._muted
         now = time.monotonic()
         recv, more = sock.recv, sock.getsockopt
         for _ in range(MAX_BATCH):
@@ -309,6 +372,13 @@ class RouterPump:
                     recv(_NOBLOCK)
                 self.counters["impersonation"] += 1
                 continue
+            if muted and routing_id in muted:
+                while more(_RCVMORE):  # dropped unread: never decoded, never handed on
+                    recv(_NOBLOCK, copy=False)
+                self.counters["muted_dropped"] += 1
+                if not muted[routing_id]:
+                    self._cut(routing_id, rid_frame)
+                continue
             body = recv(_NOBLOCK) if more(_RCVMORE) else b""
             if more(_RCVMORE):  # the contract is one frame per message: refuse the rest
                 while more(_RCVMORE):
@@ -317,11 +387,11 @@ class RouterPump:
                 body = b""  # decodes as a bad message and is counted as such upstream
             addr = None
             if routing_id not in known:
-                known.add(routing_id)
                 try:
                     addr = str(rid_frame.get("Peer-Address")) or None
-                except zmq.ZMQError:
-                    addr = None
+                    known[routing_id] = _peer_identity(int(rid_frame.get(zmq.SRCFD)))
+                except (zmq.ZMQError, ValueError, TypeError):
+                    known[routing_id] = None
             batch.append(Inbound(routing_id, body, now, addr))
         if batch:
             self.counters["frames_in"] += len(batch)
@@ -362,3 +432,15 @@ class RouterPump:
         except Exception:
             self.counters["consumer_errors"] += 1
             log_exception(logger, "router pump callback {} raised", getattr(fn, "__name__", fn))
+
+
+def _peer_identity(fd: int) -> object:
+    """Who is at the other end of connection ``fd``: (address, port) for TCP, the peer's
+    (pid, uid, gid) for ipc; None if it cannot be told."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as conn:
+            if conn.family == socket.AF_UNIX:
+                return conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+            return conn.getpeername()
+    except OSError:
+        return None

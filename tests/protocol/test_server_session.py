@@ -51,6 +51,7 @@ from spear_actors.protocol.server import (
     Closed,
     Delivered,
     Dropped,
+    Mute,
     Opened,
     Output,
     Send,
@@ -267,19 +268,32 @@ def test_forgotten_instance_is_refused(net: Net) -> None:
     assert_refused(net, net.connect(b"X", "inst-a", SECRET_A), b"X", "unknown_instance")
 
 
-def test_throttling_after_repeated_failures(net: Net) -> None:
+def assert_refused_silently(outs: list[Output], rid: bytes) -> None:
+    """A throttled peer's failure: no answer, no AuthenticationFailed, muted and forgotten."""
+    assert not sends(outs, rid)
+    assert not only(outs, AuthenticationFailed)
+    assert any(isinstance(o, Dropped) and o.code == "auth_throttled" for o in outs)
+    assert Mute(rid, "auth_throttled") in outs
+    (closed,) = only(outs, Closed)
+    assert isinstance(closed, Closed) and closed.routing_id == rid
+
+
+def test_throttling_after_repeated_failures_never_refuses_the_right_secret(net: Net) -> None:
+    """DESIGN.md section 11: failures are throttled per peer, and an attacker's failures
+    never delay the legitimate instance."""
     for i in range(5):
         assert_refused(net, net.connect(bytes([i]), "inst-a", "wrong-secret-xyz"), bytes([i]),
                        "bad_secret")
-    # now even the right secret is refused, with the same generic answer
-    assert_refused(net, net.connect(b"R1", "inst-a", SECRET_A), b"R1", "throttled")
-    net.now += 0.5
-    assert_refused(net, net.connect(b"R2", "inst-a", SECRET_A), b"R2", "throttled")
-    # other instances are not affected
+    # this peer is out of tokens: its next failures are refused without a word
+    assert_refused_silently(net.connect(b"W1", "inst-a", "wrong-secret-xyz"), b"W1")
+    assert_refused_silently(net.connect(b"W2", "nobody", SECRET_A), b"W2")
+    # but the right secret, from the same address, is accepted at once
+    auth_ok(net, b"R1", "inst-a", SECRET_A)
     auth_ok(net, b"B", "inst-b", SECRET_B)
-    net.now += 0.6  # a token has refilled
-    auth_ok(net, b"R3", "inst-a", SECRET_A)
-    assert net.server.counters["auth_failed"] == 7
+    net.now += 1.1  # a token has refilled: one failure is answered again
+    assert_refused(net, net.connect(b"W3", "inst-a", "wrong-secret-xyz"), b"W3", "bad_secret")
+    assert net.server.counters["auth_failed"] == 6
+    assert net.server.counters["auth_throttled"] == 2
 
 
 def test_throttle_refills_one_attempt_at_a_time(net: Net) -> None:
@@ -287,7 +301,7 @@ def test_throttle_refills_one_attempt_at_a_time(net: Net) -> None:
         net.connect(bytes([i]), "inst-a", "wrong-secret-xyz")
     net.now += 1.0
     assert_refused(net, net.connect(b"W", "inst-a", "still-wrong-xyz"), b"W", "bad_secret")
-    assert_refused(net, net.connect(b"R", "inst-a", SECRET_A), b"R", "throttled")
+    assert_refused_silently(net.connect(b"X", "inst-a", "still-wrong-xyz"), b"X")
 
 
 def test_max_connections() -> None:
@@ -345,47 +359,48 @@ def test_auth_request_from_an_authenticated_peer_is_a_bad_message(net: Net) -> N
 
 # --- before authentication ------------------------------------------------------------------
 
-def test_message_before_auth_gets_rate_limited_errors(net: Net) -> None:
+def test_a_message_before_auth_gets_one_error_and_the_peer_is_muted(net: Net) -> None:
+    """DESIGN.md section 11: one bounded answer, then the peer's frames are dropped without
+    being decoded until it reconnects under a new routing id."""
     all_outs: list[Output] = []
     for i in range(5):
         all_outs += net.send_payload(b"P", Heartbeat(i), request_id=10 + i)
     frames = sends(all_outs)
     assert [p for _, p in frames] == [Error("not_authenticated", "authenticate first")]
     assert frames[0][0].request_id == 10
-    assert net.server.counters == {"not_authenticated": 5}
-    assert len(net.server) == 1 and net.server.pending_count == 1
-    net.now += 0.99
-    assert sends(net.send_payload(b"P", Heartbeat(5))) == []
-    net.now += 0.01
-    assert [p for _, p in sends(net.send_payload(b"P", Heartbeat(6)))] == [
-        Error("not_authenticated", "authenticate first")]
-    # rate limited per peer: another peer gets its own ERROR at once
+    assert Mute(b"P", "not_authenticated") in all_outs
+    assert net.server.counters == {"not_authenticated": 1, "muted_dropped": 4}
+    assert len(net.server) == 1 and net.server.pending_count == 1  # until auth_timeout
+    net.now += 10.0
+    assert [type(o) for o in net.send_payload(b"P", Heartbeat(5))] == [Dropped]  # muted
+    # another peer gets its own ERROR at once
     assert len(sends(net.send_payload(b"Q", Heartbeat(0)))) == 1
 
 
-def test_peer_may_authenticate_after_an_early_message(net: Net) -> None:
+def test_a_muted_peer_gets_a_fresh_chance_under_a_new_routing_id(net: Net) -> None:
     net.send_payload(b"A", Heartbeat(1))
     outs = net.send(b"A", net.client(b"A", "inst-a", SECRET_A).start(net.now))
-    assert only(outs, Authenticated) and not only(outs, Opened)
+    assert not only(outs, Authenticated) and not sends(outs)
+    outs = net.send(b"A2", net.client(b"A2", "inst-a", SECRET_A).start(net.now))
+    assert only(outs, Authenticated) and only(outs, Opened)
 
 
-def test_garbage_from_unauthenticated_is_dropped_silently(net: Net) -> None:
+def test_garbage_from_unauthenticated_is_dropped_silently_and_muted(net: Net) -> None:
     outs = net.send(b"G", GARBAGE)
-    assert [type(o) for o in outs] == [Opened, Dropped]
+    assert [type(o) for o in outs] == [Opened, Dropped, Mute]
     ((opened,), (dropped,)) = only(outs, Opened), only(outs, Dropped)
     assert (dropped.connection_id, dropped.code) == (opened.connection_id, "bad_message")
-    outs = net.send(b"G", msgpack.packb([1, 2, 3]))
-    assert [type(o) for o in outs] == [Dropped]
-    assert net.server.counters == {"bad_message": 2}
-    # still allowed to authenticate within auth_timeout
+    assert not sends(outs)
+    assert [type(o) for o in net.send(b"G", msgpack.packb([1, 2, 3]))] == [Dropped]
+    assert net.server.counters == {"bad_message": 1, "muted_dropped": 1}
     outs = net.send(b"G", net.client(b"G", "inst-a", SECRET_A).start(net.now))
-    assert only(outs, Authenticated)
+    assert [type(o) for o in outs] == [Dropped]  # not even a valid AUTH_REQUEST is heard
 
 
 def test_too_large_from_unauthenticated_is_counted() -> None:
     net = make_net(max_message_size=100)
     outs = net.send(b"G", b"\x00" * 101)
-    assert [type(o) for o in outs] == [Opened, Dropped]
+    assert [type(o) for o in outs] == [Opened, Dropped, Mute]
     assert net.server.counters == {"too_large": 1}
 
 
@@ -396,9 +411,9 @@ def test_unsupported_version_from_unauthenticated(net: Net) -> None:
     assert [p for _, p in sends(outs)] == [
         Error("unsupported_version", "protocol version 2 is not supported")]
     assert net.server.counters == {"unsupported_version": 1}
-    assert sends(net.send(b"V", raw)) == []  # at most one per second
+    assert Mute(b"V", "unsupported_version") in outs
     net.now += 1
-    assert len(sends(net.send(b"V", raw))) == 1
+    assert not sends(net.send(b"V", raw))  # one answer: the peer is muted
 
 
 def test_auth_timeout() -> None:
@@ -426,19 +441,17 @@ def test_max_pending() -> None:
     net.send(b"P1", GARBAGE)
     net.send_payload(b"P2", Heartbeat(1))
     outs = net.send(b"P3", GARBAGE)
-    assert outs == [Dropped(None, "too_many_pending", "too many unauthenticated peers")]
+    assert outs == [Dropped(None, "too_many_pending", "too many unauthenticated peers"),
+                    Mute(b"P3", "too_many_pending")]
     outs = net.connect(b"P4", "inst-a", SECRET_A)  # even a good AUTH_REQUEST waits its turn
-    assert [type(o) for o in outs] == [Dropped]
+    assert [type(o) for o in outs] == [Dropped, Mute]
     assert net.server.counters["too_many_pending"] == 2
     assert len(net.server) == 2
-    # a pending peer that authenticates frees its slot
-    net.send(b"P1", net.client(b"P1", "inst-a", SECRET_A).start(net.now))
-    assert net.server.pending_count == 1
-    auth_ok(net, b"P5", "inst-b", SECRET_B)
-    # and so does one that times out
+    # muted pending peers hold their slot until they time out; then a reconnection is heard
     net.now += net.server.settings.auth_timeout
     net.tick()
     assert net.server.pending_count == 0
+    auth_ok(net, b"P5", "inst-b", SECRET_B)
 
 
 # --- authenticated traffic ------------------------------------------------------------------
@@ -454,6 +467,7 @@ def test_heartbeat_echo(net: Net) -> None:
         session = net.server.session_for(b"A")
         assert session is not None and session.heartbeat_sequence == expected
         assert session.last_activity == net.now
+    net.now += 1
     outs = net.send_payload(b"A", Heartbeat(77, {"cpu": 0.5}), request_id=4)
     ((message, payload),) = sends(outs)
     assert payload == Heartbeat(77) and message.request_id == 4
@@ -620,7 +634,7 @@ def test_close_all(net: Net) -> None:
 
 
 def test_snapshot(net: Net) -> None:
-    net.send_payload(b"A", Heartbeat(0))
+    net.send(b"A", GARBAGE)  # a pending (muted) session
     session = net.server.session_for(b"A")
     assert session is not None
     pending = session.snapshot()
@@ -629,17 +643,19 @@ def test_snapshot(net: Net) -> None:
     assert pending.connection_id == session.connection_id
     assert net.server.session_by_connection(session.connection_id) is session
     net.now += 1
-    auth = auth_ok(net, b"A")
+    auth = auth_ok(net, b"A2")
+    session = net.server.session_for(b"A2")
+    assert session is not None
     net.now += 1
-    net.heartbeat(b"A")
+    net.heartbeat(b"A2")
     state = session.snapshot()
     assert state.connection_id == auth.connection_id
     assert state.instance_id == "inst-a"
     assert state.remote_addr == "127.0.0.1"
-    assert (state.connected_at, state.last_activity) == (T0, T0 + 2)
+    assert (state.connected_at, state.last_activity) == (T0 + 1, T0 + 2)
     assert state.authenticated and state.status is ConnectionStatus.ACTIVE
     assert state.client_type == "process"
-    assert state.client_version == net.clients[b"A"].client_version
+    assert state.client_version == net.clients[b"A2"].client_version
     assert state.session_id == auth.session_id
     assert state.heartbeat_sequence == 1
     net.server.close_instance("inst-a", "stopped", net.now)
@@ -651,7 +667,7 @@ def test_custom_connection_ids() -> None:
     ids = iter(["c-x", "c-y"])
     server = ServerProtocol(ServerSettings(), AuthPolicy(),
                             new_connection_id=lambda: next(ids))
-    (opened, _) = server.receive(b"A", GARBAGE, T0)
+    (opened, _, _) = server.receive(b"A", GARBAGE, T0)
     assert isinstance(opened, Opened) and opened.connection_id == "c-x"
 
 

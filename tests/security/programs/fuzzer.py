@@ -3,6 +3,9 @@ hostile frames (fuzzgen, seed ``FUZZ_SEED``) on its authenticated socket, with a
 HEARTBEAT every 16 frames (to stay alive) and never a valid CONNECTION_CLOSE (that would end
 the session on purpose). It reads every answer as it goes.
 
+``FUZZ_RATE`` (frames per second, default unlimited) paces it below the server's per-peer
+budget (DESIGN.md section 11), beyond which frames are dropped unanswered.
+
 It answers any EXECUTE_REQUEST, during or after the fuzzing, with a JSON report:
 ``{"done", "sent", "bad", "errors": {code: n}, "closed": reason | null}``: ``bad`` counts the
 frames the server must refuse with an ERROR (see fuzzgen.classify), ``errors`` the ERRORs it
@@ -60,8 +63,14 @@ class Fuzzer:
             elif isinstance(event, SignalReceived) and event.signal == "stop":
                 self.stop = True
 
-    def fuzz(self, seed: int, count: int) -> None:
+    def fuzz(self, seed: int, count: int, rate: float = 0.0) -> None:
+        last = time.monotonic()
         for i, frame in enumerate(frames(seed, count)):
+            if rate:  # at least 1/rate s between frames (reading answers), never a burst
+                gap = last + 1.0 / rate - time.monotonic()
+                if gap > 0:
+                    self.drain(int(gap * 1000) + 1)
+                last = time.monotonic()
             kind = classify(frame)
             if kind == "close":
                 continue
@@ -81,7 +90,8 @@ def main() -> int:
     sess = session(heartbeat_timeout_factor=50)
     authenticate(sock, sess)
     fuzzer = Fuzzer(sock, sess)
-    fuzzer.fuzz(int(os.environ.get("FUZZ_SEED", "0")), int(os.environ.get("FUZZ_FRAMES", "1000")))
+    fuzzer.fuzz(int(os.environ.get("FUZZ_SEED", "0")), int(os.environ.get("FUZZ_FRAMES", "1000")),
+                float(os.environ.get("FUZZ_RATE", "0")))
     print(f"fuzzer: sent {fuzzer.report['sent']} frames, {fuzzer.report['bad']} bad",
           file=sys.stderr)
     while not fuzzer.stop:
