@@ -7,7 +7,8 @@ that forked exits, covers the direct child only and needs an unsafe ``preexec_fn
 pidfd and SIGKILLs every registered instance session when it dies, SIGKILL included.
 
 :class:`GuardianLink` owns that process and the write end of its stdin pipe. It starts the
-guardian lazily, on the first :meth:`~GuardianLink.register`. Thread contract: every method
+guardian lazily, on the first spawn (:meth:`~GuardianLink.start`, called before the fork,
+so that a new child is registered microseconds after it exists). Thread contract: every method
 may be called from any thread; one lock serialises the pipe writes, the restarts and the
 table of registered leaders, and is never held while calling out, except ``on_started``
 (which must only wake a thread, e.g. :meth:`ProcessWatcher._wake`). Writes never block: a
@@ -56,6 +57,13 @@ class GuardianLink:
         """The running guardian's pid, if one was started (it may have died since)."""
         popen = self._popen
         return None if popen is None else popen.pid
+
+    def start(self) -> None:
+        """Make sure a guardian runs (idempotent). :func:`~spear_actors.process.spawn` calls
+        it before it forks, so that registering the new child is then one pipe write."""
+        with self._lock:
+            if not self._closed and not self._running_locked():
+                self._restart_locked("not running")
 
     def register(self, pid: int, start_time: int) -> None:
         """Guard the session led by ``pid``; starts (or restarts) the guardian if needed."""

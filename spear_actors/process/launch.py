@@ -101,14 +101,17 @@ def spawn(*, argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
     into the log. ``cwd`` must exist (the caller creates it). No ``preexec_fn`` (unsafe with
     threads), so limits are applied right after exec with psutil: for that first moment the
     child runs unlimited, and a child that forks at once may pass on the old limits.
-    ``limits.cpus`` only counts for admission. Raises :class:`SpawnError` if the process
-    cannot be started or a limit cannot be applied (the child is then killed and reaped).
+    ``limits.cpus`` only counts for admission. The child is registered with the watcher's
+    guardian (started before the fork if none runs), so it dies with this process, however
+    this process dies. Raises :class:`SpawnError` if the process cannot be started or a limit
+    cannot be applied (the child is then killed and reaped).
     """
     if not argv:
         raise SpawnError("empty command")
     if cwd is not None and not os.path.isdir(cwd):
         raise SpawnError(f"working directory does not exist: {cwd}")
     watcher = watcher if watcher is not None else default_watcher()
+    watcher.prepare_spawn()
     try:
         popen = subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,

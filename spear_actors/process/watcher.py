@@ -107,6 +107,13 @@ class ProcessWatcher:
         """The pid of this watcher's guardian process, once one was started."""
         return None if self._guardian is None else self._guardian.pid
 
+    def prepare_spawn(self) -> None:
+        """Start the guardian if none runs. :func:`~spear_actors.process.spawn` calls this
+        before it forks: the unguarded moment of a new child is then a few microseconds
+        (construct its handle, apply its limits, one pipe write), not a guardian's start."""
+        if self._guardian is not None and self.alive:
+            self._guardian.start()
+
     def register(self, proc: ManagedProcess) -> None:
         """Start watching ``proc``; its pipes and pidfd now belong to the watcher. Any thread.
 

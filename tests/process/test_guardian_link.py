@@ -4,8 +4,11 @@ with real children and real signals."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import psutil
@@ -15,7 +18,7 @@ from helpers import wait_until
 from spear_actors.process import ManagedProcess, ProcessWatcher, spawn
 from spear_actors.process.guardian_link import GUARDIAN_SCRIPT
 
-from .support import SECRET, dead, env_for
+from .support import SECRET, dead, env_for, kill_all
 
 WAIT = 5.0
 
@@ -50,8 +53,17 @@ def guardian_of(w: ProcessWatcher) -> psutil.Process:
     assert pid is not None
     g = psutil.Process(pid)
     assert g.ppid() == os.getpid()
-    assert GUARDIAN_SCRIPT in g.cmdline()
+    # right after exec, before the kernel has set up the new argv, cmdline() may be empty
+    wait_until(lambda: GUARDIAN_SCRIPT in g.cmdline(), WAIT, message="the guardian's argv")
     return g
+
+
+def exited(p: psutil.Process) -> bool:
+    """A zombie or gone (this never reaps it: the watcher's guardian link must)."""
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def test_started_on_first_spawn_and_reaped_by_stop(watchers: list[ProcessWatcher],
@@ -111,10 +123,31 @@ def test_register_replaces_a_dead_guardian(watchers: list[ProcessWatcher],
     first = sleeper(w, procs)
     old = guardian_of(w)
     old.kill()
-    wait_until(lambda: old.status() == psutil.STATUS_ZOMBIE or w.guardian_pid != old.pid,
-               WAIT, message="the guardian to die")
+    wait_until(lambda: exited(old), WAIT, message="the guardian to die")
     second = sleeper(w, procs)  # the next register checks the guardian first
     assert w.guardian_pid not in (None, old.pid)
     assert w.stop(timeout=WAIT)
     assert first.wait(WAIT) == -signal.SIGKILL
     assert second.wait(WAIT) == -signal.SIGKILL
+
+
+DEFAULT_WATCHER_PROGRAM = """
+import json, os
+from spear_actors.process import default_watcher, spawn
+proc = spawn(argv=["sleep", "300"], env={"PATH": os.environ["PATH"]}, cwd=None, limits=None,
+             instance_id="i-1", on_exit=None)  # no watcher: the default one
+print(json.dumps([proc.pid, default_watcher().guardian_pid]), flush=True)
+"""  # ... and exit, leaving the child running: its guardian must end it
+
+
+def test_spawn_without_a_watcher_is_guarded_too(subreaper: None) -> None:
+    program = subprocess.run([sys.executable, "-c", DEFAULT_WATCHER_PROGRAM], timeout=30,
+                             capture_output=True, text=True, check=False)
+    assert program.returncode == 0, program.stderr
+    child_pid, guardian_pid = json.loads(program.stdout)
+    procs = [psutil.Process(pid) for pid in (child_pid, guardian_pid) if psutil.pid_exists(pid)]
+    try:
+        wait_until(lambda: all(dead(p) for p in procs), WAIT,
+                   message="the child and the guardian to go with the program")
+    finally:
+        kill_all(procs)

@@ -99,13 +99,14 @@ def test_child_sees_only_allowed_env(start: Start, monkeypatch: pytest.MonkeyPat
     assert child_env["SPEAR_COMMUNICATION_PORT"] == "5555"
 
 
-def test_secret_never_logged(start: Start, records: list[Any], tmp_path: Path) -> None:
+def test_secret_never_logged(start: Start, records: list[Any], tmp_path: Path,
+                             watcher: ProcessWatcher) -> None:
     proc, _ = start("import sys; print('hello'); sys.exit(2)")
     assert proc.wait(5) == 2
     assert proc.terminate_tree(1) == 2
     with pytest.raises(SpawnError) as err:
         spawn(argv=[str(tmp_path / "missing")], env=env_for(), cwd=None, limits=None,
-              instance_id="i-1", on_exit=None)
+              instance_id="i-1", on_exit=None, watcher=watcher)
     assert SECRET not in str(err.value)
     assert any(r["message"] == "hello" for r in records)
     for r in records:
@@ -137,7 +138,8 @@ def test_invalid_limit_kills_child(watcher: ProcessWatcher) -> None:
         spawn(argv=py(SLEEPER), env=env_for(), cwd=None, instance_id="i-1",
               limits=ResourceLimits(cpu_affinity=(4096,)), on_exit=rec.on_exit,
               watcher=watcher)
-    assert _child_pids() == before  # killed and reaped before raising
+    # killed and reaped before raising; only the watcher's guardian is new
+    assert _child_pids() - {watcher.guardian_pid} == before
     assert rec.codes == []
 
 

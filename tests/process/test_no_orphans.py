@@ -25,6 +25,8 @@ import psutil
 import pytest
 from helpers import wait_until
 
+from spear_actors import InstanceState, attach
+from spear_actors.control import Attached
 from spear_actors.process.guardian_link import GUARDIAN_SCRIPT
 
 from .support import dead, kill_all, tree_of
@@ -33,6 +35,7 @@ PROGRAM = Path(__file__).parent / "programs" / "embedded_spearlet.py"
 GONE_WITHIN = 2.0  # the contract
 START_WAIT = 30.0
 SHELL = ["sh", "-c", "sleep 300 & sleep 300; wait"]
+SPAWNED = {InstanceState.CONNECTING, InstanceState.READY, InstanceState.BUSY}
 UP_TOML = """
 [[tasks]]
 name = "sleeper"
@@ -175,18 +178,22 @@ def test_sigkill_of_an_embedding_program(spearlet: Callable[..., Spearlet]) -> N
 
 
 def test_sigkill_of_up(spearlet: Callable[..., Spearlet], tmp_path: Path) -> None:
-    config = tmp_path / "spear.toml"
+    config, run_dir = tmp_path / "spear.toml", tmp_path / "run"
     config.write_text(UP_TOML)
     s = spearlet([sys.executable, "-m", "spear_actors.cli", "up", "--config", str(config),
-                  "--run-dir", str(tmp_path / "run")])
-    guardian = s.guardian()
+                  "--run-dir", str(run_dir)])
+    wait_until(lambda: s.popen.poll() is None and (run_dir / "control.json").exists(),
+               START_WAIT, message=f"up's run file:\n{s.output()}")
 
-    def instances() -> list[int] | None:
-        pids = [c.pid for c in psutil.Process(s.popen.pid).children() if c.pid != guardian.pid]
-        return pids if len(pids) == 3 else None
+    def spawned(spear: Attached) -> list[int] | None:
+        # CONNECTING or later: spawn() has returned, so the guardian has been told
+        infos = [i for i in spear.instances() if i.state in SPAWNED and i.pid is not None]
+        return [i.pid for i in infos if i.pid is not None] if len(infos) == 3 else None
 
-    pids = wait_until(instances, START_WAIT, message="three instances")
+    with attach(run_dir) as spear:
+        pids = wait_until(lambda: spawned(spear), START_WAIT, message="three instances")
     assert pids is not None
+    guardian = s.guardian()
     procs = s.processes(pids, shells=1)
     assert_all_gone(procs, since=s.kill())
     wait_until(lambda: dead(guardian), START_WAIT, message="the guardian to exit")
