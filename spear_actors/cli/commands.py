@@ -28,8 +28,8 @@ EVENT_KINDS = frozenset({
     "Connected", "Authenticated", "AuthenticationFailed", "Disconnected", "MessageReceived",
     "MessageSent", "HeartbeatTimeout", "Error", "InstanceCreated", "InstanceStarted",
     "InstanceReady", "InstanceExited", "InstanceRestarting", "InstanceFailed",
-    "InstanceStopped"})
-"""DESIGN.md section 5. ``events`` leaves out the two Message* kinds unless asked."""
+    "InstanceStopped", "ServiceRestarted", "SystemFailed"})
+"""DESIGN.md sections 5 and 7. ``events`` leaves out the two Message* kinds unless asked."""
 
 
 def attached(args: argparse.Namespace) -> Attached:

@@ -65,6 +65,12 @@ def test_full_file(tmp_path: Path) -> None:
     assert spec.instance_count == 4
 
 
+def test_service_restart_budget() -> None:
+    spec = parse("[system.service_restart]\nmax_restarts = 2\nwindow = 10.0\n", "spear.toml")
+    assert (spec.system.service_restart.max_restarts,
+            spec.system.service_restart.window) == (2, 10.0)
+
+
 def test_empty_file_gives_defaults() -> None:
     spec = parse("", "spear.toml")
     assert spec.tasks == () and spec.system.connection.port == 0
@@ -95,6 +101,9 @@ def test_empty_file_gives_defaults() -> None:
     ("[[tasks]]\nname = 'a'\ncommand = ['x']\n[[tasks]]\nname = 'a'\ncommand = ['y']",
      r"tasks\[1\]\.name: task 'a' is defined twice"),
     ("tasks = 3", r"tasks: expected an array of tables"),
+    ("[system.service_restart]\nmax_restarts = 'x'",
+     r"spear\.toml: system\.service_restart\.max_restarts: expected int, got str 'x'"),
+    ("[system]\nservice_restart = 3", r"spear\.toml: system\.service_restart: expected a"),
 ])
 def test_bad_files(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
