@@ -17,13 +17,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import pykka
-
 from ..config import ConnectionConfig
 from ..messages import ConnectionTick, InboundBatch, SendFailed, Undeliverable
 from ..transport.router import Inbound, RouterPump
 from .dataplane import RequestTable, ResponseFastPath
-from .deps import ListenerInfo, Services
+from .deps import ListenerInfo, Services, safe_tell
 
 __all__ = ["PEER_BURST", "PEER_RATE", "Listener"]
 
@@ -44,7 +42,8 @@ class Listener:
     def __init__(self, config: ConnectionConfig, services: Services, table: RequestTable
                  ) -> None:
         self.config = config
-        self._services = services
+        self._connection = services.handle("connection")
+        self._tasks = services.handle("tasks")
         self._fast_path = ResponseFastPath(table, config.max_message_size)
         self.seen: dict[bytes, float] = {}
         """routing id -> last frame time; written by the pump thread, read (and cleared) by
@@ -81,16 +80,6 @@ class Listener:
         self.pump.send_tagged(frames)
 
     # -- pump thread -----------------------------------------------------------------------------
-    def _tell_connection(self, message: Any) -> bool:
-        ref = self._services.get("connection")
-        if ref is None:
-            return False
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            return False
-        return True
-
     def _consume(self, frames: list[Inbound]) -> None:
         seen = self.seen
         for frame in frames:  # every frame proves liveness, fast-path answers included
@@ -98,7 +87,7 @@ class Listener:
         rest = self._fast_path(frames)
         if rest:
             rest = self._within_budget(rest)
-        if rest and not self._tell_connection(InboundBatch(rest)):
+        if rest and not safe_tell(self._connection, InboundBatch(rest)):
             self.dropped += len(rest)
             self.pump.counters["frames_dropped_restart"] += len(rest)
 
@@ -123,15 +112,10 @@ class Listener:
         if len(self._budget) > MAX_TRACKED:  # forget peers whose bucket is full again
             self._budget = {rid: (tokens, at) for rid, (tokens, at) in self._budget.items()
                             if (now - at) * PEER_RATE + tokens < PEER_BURST}
-        self._tell_connection(ConnectionTick(now))
+        safe_tell(self._connection, ConnectionTick(now))
 
     def _send_failed(self, routing_id: bytes, tag: int, reason: str) -> None:
-        if tag:  # an execute request: its owner decides (retry or fail)
-            ref = self._services.get("tasks")
-            if ref is not None:
-                try:
-                    ref.tell(Undeliverable(routing_id, tag, reason))
-                    return
-                except pykka.ActorDeadError:
-                    pass  # the manager is being restarted: the root sweeps its requests
-        self._tell_connection(SendFailed(routing_id, reason))
+        if tag and safe_tell(self._tasks, Undeliverable(routing_id, tag, reason)):
+            return  # an execute request: its owner decides (retry or fail); if the manager
+            # is being restarted, the root sweeps its requests and this is only counted
+        safe_tell(self._connection, SendFailed(routing_id, reason))

@@ -127,18 +127,23 @@ def test_closed_pipe_never_stops_the_shutdown(tmp_path: Path, output_after_close
                                  and i.pid != old and i.pid, 15, message="echo-1 replaced")
             procs.update(instance_processes(run_dir, 1))
             assert new in procs
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(15)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("up did not exit after SIGTERM with its output closed") \
-                from None
-        assert code == 1  # the shutdown completed, but its output was lost
-        for pid, created in procs.items():
-            wait_until(lambda p=pid, c=created: gone(p, c), 5, message=f"instance {pid} gone")
-        assert not (run_dir / "control.json").exists()
+        # the shutdown completed, but its output was lost
+        assert_stops_completely(proc, procs, run_dir, "with its output closed", code=1)
     finally:
         kill_all(proc, procs)
+
+
+def assert_stops_completely(proc: subprocess.Popen[bytes], procs: dict[int, float],
+                            run_dir: Path, where: str, code: int) -> None:
+    """SIGTERM ``up``: it exits with ``code`` (bounded), its instances and run file gone."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(15) == code
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"up did not exit after SIGTERM {where}") from None
+    for pid, created in procs.items():
+        wait_until(lambda p=pid, c=created: gone(p, c), 5, message=f"instance {pid} gone")
+    assert not (run_dir / "control.json").exists()
 
 
 def test_terminal_hangup_keeps_up_running(tmp_path: Path) -> None:
@@ -162,16 +167,8 @@ def test_terminal_hangup_keeps_up_running(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stderr
         assert instance_processes(run_dir, 1) == procs
 
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(15)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("up did not exit after SIGTERM on a hung-up terminal") \
-                from None
-        assert code == 1  # stopped completely; what it said on the way was lost (EIO)
-        for pid, created in procs.items():
-            wait_until(lambda p=pid, c=created: gone(p, c), 5, message=f"instance {pid} gone")
-        assert not (run_dir / "control.json").exists()
+        # stopped completely; what it said on the way was lost (EIO)
+        assert_stops_completely(proc, procs, run_dir, "on a hung-up terminal", code=1)
     finally:
         if master_open:
             os.close(master)
