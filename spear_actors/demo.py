@@ -1,8 +1,9 @@
 """``spear-actors up --demo``: a self-contained tour that needs no configuration.
 
 Starts a system with three echo instances, sends a burst of requests and checks every answer,
-kills one instance with SIGKILL to show its supervisor replacing it, then prints the
-supervision tree and a metrics summary. Runs in the caller's (main) thread; the request
+kills one instance with SIGKILL to show its supervisor replacing it, crashes the
+ConnectionActor (a drill, ``inject_crash``) to show the root restarting it while every instance
+keeps its process, then prints the supervision tree and a metrics summary. Runs in the caller's (main) thread; the request
 futures complete in the system's threads. Any failure raises :class:`DemoFailed`.
 """
 
@@ -95,6 +96,11 @@ def run_demo(instances: int = 3, requests: int = 5000, *, out: TextIO | None = N
         if system.execute(victim.id, probe, method="echo", timeout=10) != probe:
             raise DemoFailed(f"{victim.id} answered wrongly after its restart")
 
+        back_s = _crash_connection_and_wait(system, ids)
+        say(f"  crashed the ConnectionActor (a drill): the root restarted it and all "
+            f"{len(ids)} instances authenticated again {back_s * 1000:.0f} ms later, "
+            "same pids, no instance restarted")
+
         say()
         say(repr(system.tree()))
         say()
@@ -157,6 +163,26 @@ def _burst(system: Any, n: int, progress: _Progress) -> float:
         raise DemoFailed(f"{errors} requests failed and {wrong} got a wrong answer "
                          f"(first error: {first_error!r})")
     return elapsed
+
+
+def _crash_connection_and_wait(system: Any, ids: list[str]) -> float:
+    """``inject_crash("connection")``; the time until every instance is READY again on a
+    new connection with its old pid (DemoFailed if one was restarted instead)."""
+    before = {info.id: info for info in system.instances()}
+    crashed_at = time.monotonic()
+    system.inject_crash("connection")
+    deadline = crashed_at + 15
+    while True:
+        now = {info.id: info for info in system.instances()}
+        if any(now[i].pid != before[i].pid for i in ids):
+            raise DemoFailed("an instance was restarted by a ConnectionActor restart")
+        if all(now[i].state.is_serving and now[i].connection_id != before[i].connection_id
+               for i in ids):
+            return time.monotonic() - crashed_at
+        if time.monotonic() > deadline:
+            raise DemoFailed("instances not READY again 15 s after the ConnectionActor "
+                             "restart")
+        time.sleep(0.005)
 
 
 def _kill_and_wait(system: Any, victim: InstanceInfo) -> tuple[InstanceInfo, float]:

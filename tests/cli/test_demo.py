@@ -17,7 +17,10 @@ def test_demo_runs_clean() -> None:
     assert "5000 requests answered" in out and "every answer checked" in out
     assert re.search(r"killed echo-2 \(pid \d+\) with SIGKILL: its supervisor restarted it as "
                      r"pid \d+, READY again \d+ ms after the kill \(restarts: 1\)", out), out
+    assert re.search(r"crashed the ConnectionActor \(a drill\): the root restarted it and all 3 "
+                     r"instances authenticated again \d+ ms later, same pids", out), out
     assert "└── RuntimeActor [alive]" in out
+    assert "ConnectionActor [alive] restarts 1" in out
     assert "SupervisorActor[echo-2] [alive] permanent, restarts 1/5" in out
     assert out.count("InstanceActor[") == 3 and out.count(" READY pid ") == 3
     for label in ("requests", "throughput", "latency", "restarts", "connections"):
