@@ -2,9 +2,10 @@
 
 Starts a system with three echo instances, sends a burst of requests and checks every answer,
 kills one instance with SIGKILL to show its supervisor replacing it, crashes the
-ConnectionActor (a drill, ``inject_crash``) to show the root restarting it while every instance
-keeps its process, then prints the supervision tree and a metrics summary. Runs in the caller's (main) thread; the request
-futures complete in the system's threads. Any failure raises :class:`DemoFailed`.
+ConnectionActor (a drill, ``inject_crash``) to show the root restarting it while every
+instance keeps its process, then prints the supervision tree and a metrics summary. Runs in
+the caller's (main) thread; the request futures complete in the system's threads. Any
+failure raises :class:`DemoFailed`.
 """
 
 from __future__ import annotations

@@ -54,12 +54,12 @@ class ServiceActor(pykka.ThreadingActor):
 
     def on_failure(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
         name = self._link.name if self._link is not None else type(self).__name__
-        log = logger.bind(actor=name)
+        report = logger.bind(actor=name)
         if isinstance(exc_value, InjectedCrash):  # a drill: no traceback to read
-            log.warning("{} failed: {} (inject_crash)", type(self).__name__, exc_value)
+            report.warning("{} failed: {} (inject_crash)", type(self).__name__, exc_value)
         else:
             text = "".join(traceback.format_exception(exc_type, exc_value, tb))  # no locals
-            log.error("{} failed: {}\n{}", type(self).__name__, exc_value, text)
+            report.error("{} failed: {}\n{}", type(self).__name__, exc_value, text)
         try:
             self.release()
         finally:
