@@ -180,7 +180,9 @@ def _rows(variant: str, f: _Figures, seconds: float, load: str) -> list[Row]:
             note=f"rate {min(f.rate):.0f}{'-'}{max(f.rate):.0f} frames/s; connections "
                  f"opened by the flooders {min(f.connections):.0f}-{max(f.connections):.0f}"),
         Row(Measurement(f"{variant}: {decoded_type} frames decoded", "frames",
-                        f.deltas["decoded"])),
+                        f.deltas["decoded"]),
+            note="metrics()['messages']['in'] from before the flood until the counters "
+                 "settled; for HEARTBEAT this includes the echo's own (one a second)"),
         Row(Measurement(f"{variant}: muted_dropped", "frames", f.deltas["muted_dropped"])),
         Row(Measurement(f"{variant}: peers_cut", "connections", f.deltas["peers_cut"])),
         Row(Measurement(f"{variant}: backlog read after the flood", "s", f.drained),
