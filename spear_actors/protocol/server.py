@@ -150,8 +150,9 @@ class Dropped:
 class Mute:
     """Drop this peer's further frames undecoded and cut its connection (DESIGN.md section
     11): its first frame was not a valid AUTH_REQUEST, its auth failed, or there was no room
-    for it. It is heard again only under a new routing id (a reconnection). An
-    unauthenticated session stays counted as pending until ``auth_timeout`` closes it."""
+    for it. It is heard again only under a new routing id (a reconnection). Its session is
+    closed at once: a muted peer never holds a pending slot (``max_pending``) that a
+    restarting instance may need."""
 
     routing_id: bytes
     reason: str
@@ -402,6 +403,7 @@ class ServerProtocol:
                 # a client speaking another version deserves to know why nobody answers it
                 out.extend(self._error(session, ErrorCode.UNSUPPORTED_VERSION, str(exc), now))
             out.append(self._mute(session.routing_id, exc.code))
+            out.extend(self._close(session, "muted", now, notify=False))
         return out
 
     def _receive_unauthenticated(self, session: ServerSession, message: SpearMessage,
@@ -413,6 +415,7 @@ class ServerProtocol:
             out.extend(self._error(session, ErrorCode.NOT_AUTHENTICATED,
                                    "authenticate first", now, message.request_id))
             out.append(self._mute(session.routing_id, ErrorCode.NOT_AUTHENTICATED.value))
+            out.extend(self._close(session, "muted", now, notify=False))
             return out
         previous = self._by_instance.get(payload.instance_id)
         if self._auth_scope is not None and not self._auth_scope(session.routing_id,

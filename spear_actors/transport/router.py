@@ -10,10 +10,10 @@ written from any thread). Nothing a peer sends can stop the pump.
 
 Hostile peers (DESIGN.md section 11): the owner may :meth:`~RouterPump.mute` a routing id.
 The pump then drops that peer's frames as they arrive, without decoding or handing them on,
-and cuts its TCP or ipc connection (``shutdown`` of the connection's descriptor, taken from
-the frame with ``ZMQ_SRCFD`` and checked against the peer it was first seen from), so the
-peer must reconnect, under a new routing id, to be heard again; its DEALER's backlog goes
-with the connection instead of being read frame by frame.
+and CUT_GRACE later cuts its TCP or ipc connection (``shutdown`` of the connection's
+descriptor, taken with ``ZMQ_SRCFD`` from its first frame and checked against the peer seen
+then), so the peer must reconnect, under a new routing id, to be heard again. What it had
+sent beyond our queue for it (PEER_QUEUE frames) goes with the connection.
 """
 
 from __future__ import annotations
@@ -39,8 +39,18 @@ from .wake import WakePipe
 
 __all__ = ["Inbound", "RouterPump"]
 
-MAX_BATCH = 2048
+MAX_BATCH = 256
+"""Frames read per drain before the outbox is flushed again: a peer's burst (a flood) never
+holds up others' requests and replies for long."""
 DEFAULT_HWM = 100_000
+"""Outbound queue per peer (requests in flight to one instance)."""
+CUT_GRACE = 0.05
+"""Seconds between muting a peer and cutting its connection: time for libzmq's I/O thread to
+write the one answer it was sent (the socket write is asynchronous)."""
+PEER_QUEUE = 4096
+"""Inbound queue per peer (ZMQ_RCVHWM): what a peer may have waiting for us. A muted peer's
+queue is read and dropped frame by frame until its cut takes effect, so this bounds what a
+flood costs per connection; an instance never has more than its window of answers pending."""
 LISTENER_MARK = 0xFF
 """Routing ids of peers on an extra listener read ``0xFF + tag (4 bytes) + ZeroMQ id``.
 Ids ZeroMQ assigns start with a zero byte, so on the main listener a peer-chosen id starting
@@ -94,12 +104,14 @@ class RouterPump:
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        self._known: dict[bytes, object] = {}
-        """routing id -> the peer's identity (remote address, or credentials on ipc), taken
-        at its first frame: a connection is cut only if its descriptor still leads there."""
+        self._known: dict[bytes, tuple[int, object]] = {}
+        """routing id -> (descriptor, the peer's identity: remote address, or credentials on
+        ipc), taken at its first frame: a connection is cut only if its descriptor still
+        leads there."""
         self._peer_ops: collections.deque[tuple[bytes, bool]] = collections.deque()
         """(routing id, mute?) from the owner, applied in order by the pump thread."""
-        self._muted: dict[bytes, bool] = {}  # routing id -> its connection was cut
+        self._muted: dict[bytes, None] = {}  # ordered: the oldest is forgotten first
+        self._cuts: collections.deque[tuple[float, bytes]] = collections.deque()
         self._control: collections.deque[tuple[str, bytes, Future[BoundEndpoint]]] = \
             collections.deque()
         self._extra: dict[bytes, tuple[zmq.Socket[bytes], BoundEndpoint]] = {}
@@ -254,7 +266,7 @@ class RouterPump:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
         sock.setsockopt(zmq.SNDHWM, self._hwm)
-        sock.setsockopt(zmq.RCVHWM, self._hwm)
+        sock.setsockopt(zmq.RCVHWM, min(self._hwm, PEER_QUEUE))
         if self.config.curve_secret_key:
             sock.curve_server = True
             sock.curve_secretkey = self.config.curve_secret_key.encode()
@@ -275,6 +287,9 @@ class RouterPump:
                     self._apply_control(poller, extra_prefix)
             if self._peer_ops:
                 self._apply_peer_ops()
+            if self._cuts and self._cuts[0][0] <= time.monotonic():
+                while self._cuts and self._cuts[0][0] <= time.monotonic():
+                    self._cut(self._cuts.popleft()[1])
             if self._outbox:
                 self._flush(sock)
             if sock in events:
@@ -328,25 +343,20 @@ class RouterPump:
         while self._peer_ops:
             routing_id, mute = self._peer_ops.popleft()
             if not mute:
-                if routing_id not in muted:  # a muted peer's identity is kept for its cut
+                if routing_id not in muted:  # a muted peer's descriptor is kept for its cut
                     known.pop(routing_id, None)
             elif routing_id not in muted:
-                muted[routing_id] = False
+                muted[routing_id] = None
                 if len(muted) > MAX_MUTED:
-                    oldest = next(iter(muted))
-                    del muted[oldest]
-                    known.pop(oldest, None)
+                    del muted[next(iter(muted))]
+                self._cuts.append((time.monotonic() + CUT_GRACE, routing_id))
 
-    def _cut(self, routing_id: bytes, frame: zmq.Frame) -> None:
-        """Shut the muted peer's connection down (libzmq then closes it: the peer must
-        reconnect under a new routing id). Only if the descriptor still leads to the peer
-        first seen under this routing id: a descriptor number may have been reused."""
-        self._muted[routing_id] = True
-        expected = self._known.pop(routing_id, None)
-        try:
-            fd = int(frame.get(zmq.SRCFD))
-        except (zmq.ZMQError, ValueError, TypeError):
-            return
+    def _cut(self, routing_id: bytes) -> None:
+        """Shut the muted peer's connection down, CUT_GRACE after it was muted (libzmq then
+        closes it: the peer must reconnect under a new routing id). Only if the descriptor
+        still leads to the peer first seen under this routing id: a descriptor number may
+        have been reused."""
+        fd, expected = self._known.pop(routing_id, (-1, None))
         if fd < 0 or expected is None or _peer_identity(fd) != expected:
             return
         with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as conn:
@@ -376,8 +386,6 @@ class RouterPump:
                 while more(_RCVMORE):  # dropped unread: never decoded, never handed on
                     recv(_NOBLOCK, copy=False)
                 self.counters["muted_dropped"] += 1
-                if not muted[routing_id]:
-                    self._cut(routing_id, rid_frame)
                 continue
             body = recv(_NOBLOCK) if more(_RCVMORE) else b""
             if more(_RCVMORE):  # the contract is one frame per message: refuse the rest
@@ -389,9 +397,10 @@ class RouterPump:
             if routing_id not in known:
                 try:
                     addr = str(rid_frame.get("Peer-Address")) or None
-                    known[routing_id] = _peer_identity(int(rid_frame.get(zmq.SRCFD)))
+                    fd = int(rid_frame.get(zmq.SRCFD))
+                    known[routing_id] = (fd, _peer_identity(fd))
                 except (zmq.ZMQError, ValueError, TypeError):
-                    known[routing_id] = None
+                    known[routing_id] = (-1, None)
             batch.append(Inbound(routing_id, body, now, addr))
         if batch:
             self.counters["frames_in"] += len(batch)

@@ -370,7 +370,8 @@ def test_a_message_before_auth_gets_one_error_and_the_peer_is_muted(net: Net) ->
     assert frames[0][0].request_id == 10
     assert Mute(b"P", "not_authenticated") in all_outs
     assert net.server.counters == {"not_authenticated": 1, "muted_dropped": 4}
-    assert len(net.server) == 1 and net.server.pending_count == 1  # until auth_timeout
+    # its session is closed at once: a muted peer never holds a pending slot
+    assert len(net.server) == 0 and net.server.pending_count == 0
     net.now += 10.0
     assert [type(o) for o in net.send_payload(b"P", Heartbeat(5))] == [Dropped]  # muted
     # another peer gets its own ERROR at once
@@ -387,7 +388,7 @@ def test_a_muted_peer_gets_a_fresh_chance_under_a_new_routing_id(net: Net) -> No
 
 def test_garbage_from_unauthenticated_is_dropped_silently_and_muted(net: Net) -> None:
     outs = net.send(b"G", GARBAGE)
-    assert [type(o) for o in outs] == [Opened, Dropped, Mute]
+    assert [type(o) for o in outs] == [Opened, Dropped, Mute, Closed]
     ((opened,), (dropped,)) = only(outs, Opened), only(outs, Dropped)
     assert (dropped.connection_id, dropped.code) == (opened.connection_id, "bad_message")
     assert not sends(outs)
@@ -400,7 +401,7 @@ def test_garbage_from_unauthenticated_is_dropped_silently_and_muted(net: Net) ->
 def test_too_large_from_unauthenticated_is_counted() -> None:
     net = make_net(max_message_size=100)
     outs = net.send(b"G", b"\x00" * 101)
-    assert [type(o) for o in outs] == [Opened, Dropped, Mute]
+    assert [type(o) for o in outs] == [Opened, Dropped, Mute, Closed]
     assert net.server.counters == {"too_large": 1}
 
 
@@ -416,42 +417,20 @@ def test_unsupported_version_from_unauthenticated(net: Net) -> None:
     assert not sends(net.send(b"V", raw))  # one answer: the peer is muted
 
 
-def test_auth_timeout() -> None:
-    net = make_net(heartbeat_timeout=60.0)
-    net.send(b"G", GARBAGE)
-    net.now += 1
-    net.send_payload(b"H", Heartbeat(1))
-    auth_ok(net, b"A")
-    timeout = net.server.settings.auth_timeout
-    net.now = T0 + timeout - 0.001
-    assert net.tick() == []
-    net.now = T0 + timeout
-    outs = net.tick()
-    (closed,) = only(outs, Closed)
-    assert outs == [Closed(closed.connection_id, b"G", None, "auth_timeout", False)]
-    net.now = T0 + 1 + timeout
-    outs = net.tick()
-    (closed,) = only(outs, Closed)
-    assert len(outs) == 1 and (closed.routing_id, closed.reason) == (b"H", "auth_timeout")
-    assert net.server.pending_count == 0 and len(net.server) == 1
-
-
-def test_max_pending() -> None:
-    net = make_net(max_pending=2)
-    net.send(b"P1", GARBAGE)
-    net.send_payload(b"P2", Heartbeat(1))
-    outs = net.send(b"P3", GARBAGE)
-    assert outs == [Dropped(None, "too_many_pending", "too many unauthenticated peers"),
-                    Mute(b"P3", "too_many_pending")]
-    outs = net.connect(b"P4", "inst-a", SECRET_A)  # even a good AUTH_REQUEST waits its turn
-    assert [type(o) for o in outs] == [Dropped, Mute]
-    assert net.server.counters["too_many_pending"] == 2
-    assert len(net.server) == 2
-    # muted pending peers hold their slot until they time out; then a reconnection is heard
+def test_an_unauthenticated_peer_never_waits_for_auth_timeout() -> None:
+    """Its first frame decides: authenticated, refused or muted, the session never lingers
+    as pending (DESIGN.md section 11), so auth_timeout and max_pending are never reached."""
+    net = make_net(heartbeat_timeout=60.0, max_pending=2)
+    for rid in (b"G1", b"G2", b"G3"):
+        closed = only(net.send(rid, GARBAGE), Closed)
+        assert [(c.routing_id, c.reason) for c in closed] == [(rid, "muted")]
+    closed = only(net.send_payload(b"H", Heartbeat(1)), Closed)
+    assert [(c.routing_id, c.reason) for c in closed] == [(b"H", "muted")]
+    assert net.server.pending_count == 0 and len(net.server) == 0
+    auth_ok(net, b"A")  # no slot is held by the muted ones
     net.now += net.server.settings.auth_timeout
-    net.tick()
-    assert net.server.pending_count == 0
-    auth_ok(net, b"P5", "inst-b", SECRET_B)
+    assert net.tick() == []
+    assert "too_many_pending" not in net.server.counters
 
 
 # --- authenticated traffic ------------------------------------------------------------------
@@ -587,15 +566,10 @@ def test_connection_close_from_unauthenticated_peer(net: Net) -> None:
 def test_next_deadline() -> None:
     net = make_net(auth_timeout=5.0, heartbeat_timeout=10.0)
     assert net.server.next_deadline() is None
-    net.send(b"G", GARBAGE)
-    assert net.server.next_deadline() == T0 + 5
+    net.send(b"G", GARBAGE)  # muted and closed at once: no deadline
+    assert net.server.next_deadline() is None
     net.now += 1
     auth_ok(net, b"A")
-    assert net.server.next_deadline() == T0 + 5  # the earliest: the pending peer
-    net.now = T0 + 5 - 1e-6
-    assert net.tick() == []
-    net.now = T0 + 5
-    assert [o.routing_id for o in only(net.tick(), Closed)] == [b"G"]
     assert net.server.next_deadline() == T0 + 1 + 10
     net.now = T0 + 6
     net.heartbeat(b"A")
@@ -625,23 +599,15 @@ def test_close_instance(net: Net) -> None:
 
 def test_close_all(net: Net) -> None:
     auth_ok(net)
-    net.send(b"G", GARBAGE)
+    auth_ok(net, b"B", "inst-b", SECRET_B)
     outs = net.server.close_all("shutdown", net.now)
-    assert [p for _, p in sends(outs)] == [ConnectionClose("shutdown")]  # only to the authed
-    assert {o.routing_id for o in only(outs, Closed)} == {b"A", b"G"}
+    assert [p for _, p in sends(outs)] == [ConnectionClose("shutdown")] * 2
+    assert {o.routing_id for o in only(outs, Closed)} == {b"A", b"B"}
     assert (len(net.server), net.server.pending_count, net.server.authenticated_count) == (
         0, 0, 0)
 
 
 def test_snapshot(net: Net) -> None:
-    net.send(b"A", GARBAGE)  # a pending (muted) session
-    session = net.server.session_for(b"A")
-    assert session is not None
-    pending = session.snapshot()
-    assert pending.status is ConnectionStatus.PENDING and not pending.authenticated
-    assert (pending.instance_id, pending.session_id, pending.client_type) == (None, None, None)
-    assert pending.connection_id == session.connection_id
-    assert net.server.session_by_connection(session.connection_id) is session
     net.now += 1
     auth = auth_ok(net, b"A2")
     session = net.server.session_for(b"A2")
@@ -667,7 +633,7 @@ def test_custom_connection_ids() -> None:
     ids = iter(["c-x", "c-y"])
     server = ServerProtocol(ServerSettings(), AuthPolicy(),
                             new_connection_id=lambda: next(ids))
-    (opened, _, _) = server.receive(b"A", GARBAGE, T0)
+    (opened, *_) = server.receive(b"A", GARBAGE, T0)
     assert isinstance(opened, Opened) and opened.connection_id == "c-x"
 
 

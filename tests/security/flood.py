@@ -30,12 +30,17 @@ RECLAIM_SLACK = 5.0
 """Beyond auth_timeout: the 100 ms tick, and a loaded machine."""
 
 
+NOT_REFUSALS = frozenset({"send_failed", "peers_cut", "heartbeat_flood"})
+"""Counted in ``errors`` but not a refused frame: a failed send, a muted peer's connection
+cut, a heartbeat accepted but not answered (answers are rate limited)."""
+
+
 def refusals(system: SpearSystem) -> int:
-    """Frames refused and counted so far: errors by code (a send failure is not a refusal of
-    a peer's frame) plus failed authentications (counted apart)."""
+    """Frames refused and counted so far: errors by code (but NOT_REFUSALS) plus failed
+    authentications (counted apart)."""
     metrics = system.metrics()
     return metrics["auth_failures"] + sum(n for code, n in metrics["errors"].items()
-                                          if code != "send_failed")
+                                          if code not in NOT_REFUSALS)
 
 
 @dataclass
