@@ -223,7 +223,7 @@ def _settled_metrics(system: Any, executes: int) -> dict[str, Any]:
 
 def _summary(say: Any, metrics: dict[str, Any], burst_rate: float) -> None:
     latency = metrics["execute_latency"]
-    connections = metrics["connections"]
+    connections = metrics["connection_totals"]
     totals = metrics["messages"]["total"]
     errors = ", ".join(f"{n} {code}" for code, n in sorted(metrics.get("errors", {}).items()))
     say("metrics")
