@@ -10,14 +10,13 @@ keep flowing however long a handler takes.
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import zmq
 
@@ -41,9 +40,20 @@ ENV_VARS = ("SPEAR_INSTANCE_ID", "SPEAR_SECRET", "SPEAR_COMMUNICATION_TYPE",
             "SPEAR_COMMUNICATION_PORT", "SPEAR_COMMUNICATION_PATH",
             "SPEAR_COMMUNICATION_ENDPOINT")
 
-log = logging.getLogger("spear_actors.client")
-"""Reconnect attempts are logged here at WARNING (standard ``logging``: no loguru in an
-instance process)."""
+if TYPE_CHECKING:
+    import logging
+
+LOGGER_NAME = "spear_actors.client"
+"""Reconnect attempts are logged to this standard ``logging`` logger at WARNING (no loguru in
+an instance process)."""
+
+
+def _log() -> logging.Logger:
+    """Imported on the first reconnect, not at start: ``logging`` would add milliseconds to
+    every instance start for a message most instances never write."""
+    import logging
+
+    return logging.getLogger(LOGGER_NAME)
 
 
 class _Reply(NamedTuple):
@@ -418,15 +428,15 @@ class InstanceClient:
                 return
             delay = min(self.backoff_max, self.backoff_min * 2 ** (attempt - 1))
             delay *= random.uniform(0.5, 1.5)  # backoff with jitter
-            log.warning("instance %s: reconnect attempt %d/%d to %s in %.2f s",
-                        self.instance_id, attempt, self.max_retries, self.endpoint, delay)
+            _log().warning("instance %s: reconnect attempt %d/%d to %s in %.2f s",
+                           self.instance_id, attempt, self.max_retries, self.endpoint, delay)
             time.sleep(delay)
             try:
                 self._handshake(time.monotonic() + answer_within)
             except TimeoutError:
-                log.warning("instance %s: reconnect attempt %d/%d failed: no answer within "
-                            "%.1f s", self.instance_id, attempt, self.max_retries,
-                            answer_within)
+                _log().warning("instance %s: reconnect attempt %d/%d failed: no answer "
+                               "within %.1f s", self.instance_id, attempt, self.max_retries,
+                               answer_within)
                 continue
             except AuthenticationError as exc:
                 self._finish("auth_refused", exc)
