@@ -361,7 +361,8 @@ class ExecuteTally:
     round_trip: list[float] = field(default_factory=list)
     """seconds from sending the request to taking its answer"""
     queue: list[float] = field(default_factory=list)
-    """seconds from submit() until the request was sent"""
+    """seconds from submit() until the request was sent (this and the next two: a sample of
+    the answers, at most ``tasks.SPLIT_SAMPLES`` per report)"""
     handler: list[float] = field(default_factory=list)
     """the instance's own ``processing_time`` (only from peers that report it)"""
     transport: list[float] = field(default_factory=list)
