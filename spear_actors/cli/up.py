@@ -300,11 +300,18 @@ def report_signals(signals: Signals) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
+    if args.metrics_port is not None:
+        from ..exporter import require_prometheus
+
+        try:
+            require_prometheus()
+        except ConfigError as exc:
+            return fail(str(exc), EXIT_USAGE)
     # the demo keeps its output clean: warnings (the supervisor's restart shows), no chatter
     setup_logging(args.log_level or "WARNING", json=args.log_json,
                   instance_output=args.log_level is not None)
     try:
-        run_demo()
+        run_demo(metrics_port=args.metrics_port)
     except KeyboardInterrupt:
         return fail("demo interrupted", EXIT_FORCED)
     except SpearError as exc:
