@@ -35,8 +35,8 @@ def percentiles(histogram: LatencyHistogram | None) -> dict[str, float | None]:
     """``{"p50", "p99", "max"}`` in seconds (None while empty)."""
     if histogram is None or not histogram.count:
         return {"p50": None, "p99": None, "max": None}
-    return {"p50": histogram.percentile(50), "p99": histogram.percentile(99),
-            "max": histogram.max}
+    p50, p99 = histogram.percentiles(50, 99)
+    return {"p50": p50, "p99": p99, "max": histogram.max}
 
 
 class _Connection:
@@ -83,6 +83,11 @@ class ConnectionTable:
         self._get(connection_id, now)
 
     def authenticated(self, connection_id: str, instance_id: str, now: float) -> None:
+        """``instance_id`` is now served on ``connection_id``; a connection it had before is
+        retired (superseded, or lost without a word when the connection service restarted)."""
+        previous = self._by_instance.get(instance_id)
+        if previous is not None and previous != connection_id:
+            self.closed(previous)
         entry = self._get(connection_id, now)
         entry.instance_id = instance_id
         entry.last_activity = max(entry.last_activity, now)

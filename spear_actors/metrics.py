@@ -232,28 +232,43 @@ class LatencyHistogram:
 
     def percentile(self, p: float) -> float | None:
         """Nearest-rank ``p``-th percentile (``p`` in 0..100) in seconds; None if empty."""
-        if not 0 <= p <= 100:
-            raise ValueError(f"percentile must be within 0..100, got {p!r}")
+        return self.percentiles(p)[0]
+
+    def percentiles(self, *ps: float) -> list[float | None]:
+        """:meth:`percentile` of each of ``ps``, summing the buckets once."""
+        for p in ps:
+            if not 0 <= p <= 100:
+                raise ValueError(f"percentile must be within 0..100, got {p!r}")
         if not self._count:
-            return None
-        rank = max(1, math.ceil(p * self._count / 100))
-        if rank == 1:
-            return self._min
-        if rank == self._count:
-            return self._max
-        index = bisect.bisect_left(list(itertools.accumulate(self._counts)), rank)
-        if index == 0:
-            value = self._lowest / 2
-        elif index > self._n:
-            return self._max
-        else:
-            value = self._lowest * math.exp((index - 0.5) * self._log_growth)
-        return min(max(value, self._min), self._max)
+            return [None] * len(ps)
+        cumulative: list[int] | None = None
+        result: list[float | None] = []
+        for p in ps:
+            rank = max(1, math.ceil(p * self._count / 100))
+            if rank == 1:
+                result.append(self._min)
+                continue
+            if rank == self._count:
+                result.append(self._max)
+                continue
+            if cumulative is None:
+                cumulative = list(itertools.accumulate(self._counts))
+            index = bisect.bisect_left(cumulative, rank)
+            if index == 0:
+                value = self._lowest / 2
+            elif index > self._n:
+                result.append(self._max)
+                continue
+            else:
+                value = self._lowest * math.exp((index - 0.5) * self._log_growth)
+            result.append(min(max(value, self._min), self._max))
+        return result
 
     def snapshot(self) -> dict[str, Any]:
         """``{count, p50, p90, p99, max, mean}``; times in seconds, None while empty."""
-        return {"count": self._count, "p50": self.percentile(50), "p90": self.percentile(90),
-                "p99": self.percentile(99), "max": self.max, "mean": self.mean}
+        p50, p90, p99 = self.percentiles(50, 90, 99)
+        return {"count": self._count, "p50": p50, "p90": p90, "p99": p99, "max": self.max,
+                "mean": self.mean}
 
     def merge(self, other: LatencyHistogram) -> None:
         """Add ``other``'s samples to this one; both must have the same bucket layout."""

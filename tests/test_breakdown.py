@@ -72,3 +72,17 @@ def test_task_histograms_are_cumulative_with_inf_and_bounded() -> None:
     counts = dict((b, n) for b, n in echo["buckets"])
     assert counts[0.0005] == 1 and counts[0.001] == 2 and counts[0.25] == 2
     assert counts[0.5] == 3 and counts[30.0] == 3 and counts[math.inf] == 4
+
+
+def test_a_new_connection_of_an_instance_retires_its_old_one() -> None:
+    """Superseded, or lost without a Disconnected when the connection service restarted."""
+    table = ConnectionTable()
+    table.opened("c1", 1.0)
+    table.authenticated("c1", "inst", 1.0)
+    table.opened("c2", 2.0)
+    table.authenticated("c2", "inst", 2.0)
+    assert table.connection_of("inst") == "c2"
+    assert list(table.snapshot()) == ["c1", "c2"]  # c1 closed (listed first), c2 live
+    table.record_executes("inst", 1, 10, 1, 10, [], 3.0)
+    assert "EXECUTE_REQUEST" not in table.snapshot()["c1"]["messages"]["out"]
+    assert table.snapshot()["c2"]["messages"]["out"]["EXECUTE_REQUEST"]["count"] == 1
