@@ -14,7 +14,6 @@ only talks to the system through its thread-safe facade.
 from __future__ import annotations
 
 import importlib.util
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,7 +54,7 @@ def require_prometheus() -> None:
 
 
 def _le(bound: float) -> str:
-    return "+Inf" if math.isinf(bound) else repr(float(bound))
+    return repr(float(bound))
 
 
 class SpearCollector:
@@ -97,8 +96,8 @@ class SpearCollector:
             "Execute round trip, from sending the request to taking its answer.",
             labels=["task"])
         for task, h in sorted(m.get("execute_histogram", {}).items()):
-            durations.add_metric([task], [(_le(bound), n) for bound, n in h["buckets"]],
-                                 sum_value=h["sum"])
+            buckets = [(_le(bound), n) for bound, n in h["buckets"]]
+            durations.add_metric([task], [*buckets, ("+Inf", h["count"])], sum_value=h["sum"])
         yield durations
 
         messages = CounterMetricFamily("spear_messages", "Protocol messages by type and "

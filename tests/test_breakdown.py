@@ -68,10 +68,10 @@ def test_task_histograms_are_cumulative_with_inf_and_bounded() -> None:
     echo = snap["echo"]
     assert echo["count"] == 4 and echo["sum"] == pytest.approx(100.3012)
     bounds = [b for b, _ in echo["buckets"]]
-    assert bounds == [*EXECUTE_BUCKETS, math.inf]
+    assert bounds == list(EXECUTE_BUCKETS)  # +Inf is the count
     counts = dict((b, n) for b, n in echo["buckets"])
     assert counts[0.0005] == 1 and counts[0.001] == 2 and counts[0.25] == 2
-    assert counts[0.5] == 3 and counts[30.0] == 3 and counts[math.inf] == 4
+    assert counts[0.5] == 3 and counts[30.0] == 3
 
 
 def test_a_new_connection_of_an_instance_retires_its_old_one() -> None:

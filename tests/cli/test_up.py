@@ -108,7 +108,7 @@ def test_up_attach_operate_and_terminate(tmp_path: Path) -> None:
             assert "rss MiB" in table.stdout and "cpu %" in table.stdout
             assert "req/s" in table.stdout and "{" not in table.stdout
             raw = run_cli("metrics", "--json", "--run-dir", str(run_dir))
-            data = json.loads(raw.stdout)
+            data = json.loads(raw.stdout, parse_constant=pytest.fail)  # strict JSON
             assert data["connection_totals"]["active"] == 2
             assert {c["instance_id"] for c in data["connections"].values()} >= {"echo-1",
                                                                               "echo-2"}
