@@ -86,7 +86,7 @@ class MonitorActor(ServiceActor):
                 self._sample()
                 return None
         if not self.config.enabled:
-            return None  # records nothing (every sender also stops sending, but late ones)
+            return None  # records nothing (the busy senders, connections and tasks, send none)
         match message:
             case RecordEvent(kind, data, at):
                 if self._wanted(kind):
