@@ -75,6 +75,10 @@ class ConnectionConfig:
     """Binding beyond loopback is refused unless this is set (and CURVE keys are given)."""
     curve_secret_key: str | None = field(default=None, repr=False)
     curve_public_key: str | None = None
+    enable_monitoring: bool = True
+    """The seed's switch: False and the connection service tells the monitor nothing about
+    connections or their messages (no events, no message counts, no per-connection data);
+    the connection totals (active, pending, opened, closed, auth failures) are still kept."""
 
     def __post_init__(self) -> None:
         _positive(self, "heartbeat_interval", "heartbeat_timeout", "auth_timeout",
@@ -119,14 +123,25 @@ class MonitoringConfig:
     """What the MonitorActor records and how much it keeps."""
 
     enabled: bool = True
+    """False: nothing is recorded at all (no events, counts, latencies or samples)."""
     enable_connection_tracking: bool = True
+    """Connection events and ``metrics()["connections"]`` (per connection)."""
     enable_message_tracking: bool = True
+    """Message counts and bytes (system-wide and per connection), message events, rates."""
     enable_performance_tracking: bool = True
+    """Latencies (execute, queue/transport/handler, processing time) and psutil samples."""
     metrics_buffer_size: int = 10_000
     collection_interval: float = 1.0
+    metrics_port: int | None = None
+    """Serve Prometheus text exposition on this port (``spear-actors up``; None: off)."""
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         _positive(self, "metrics_buffer_size", "collection_interval")
+        port = self.metrics_port
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                 or not 0 <= port < 65536):
+            raise ConfigError(f"metrics_port must be a port number (0..65535), got {port!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

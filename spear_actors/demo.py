@@ -10,6 +10,7 @@ failure raises :class:`DemoFailed`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -60,8 +61,9 @@ def _ms(seconds: float | None) -> str:
 
 
 def run_demo(instances: int = 3, requests: int = 5000, *, out: TextIO | None = None,
-             err: TextIO | None = None) -> None:
-    """Run the tour, printing the story to ``out`` and progress to ``err``."""
+             err: TextIO | None = None, metrics_port: int | None = None) -> None:
+    """Run the tour, printing the story to ``out`` and progress to ``err``; with
+    ``metrics_port``, serve Prometheus metrics on 127.0.0.1 meanwhile."""
     from .system import SpearSystem  # pykka & co. only when the demo really runs
 
     out = out if out is not None else sys.stdout
@@ -73,8 +75,14 @@ def run_demo(instances: int = 3, requests: int = 5000, *, out: TextIO | None = N
         out.flush()
 
     started = time.perf_counter()
-    with SpearSystem.start(SystemConfig()) as system:
+    with SpearSystem.start(SystemConfig()) as system, contextlib.ExitStack() as stack:
         say(f"spear-actors demo: system listening on {system.endpoint}")
+        if metrics_port is not None:
+            from .exporter import start_exporter
+
+            exporter = start_exporter(system, metrics_port)
+            stack.callback(exporter.close)
+            say(f"  Prometheus metrics at {exporter.url}")
         config = InstanceConfig(command=[sys.executable, "-m", "spear_actors.examples.echo"],
                                 prefetch=64)
         t0 = time.perf_counter()
@@ -223,7 +231,7 @@ def _settled_metrics(system: Any, executes: int) -> dict[str, Any]:
 
 def _summary(say: Any, metrics: dict[str, Any], burst_rate: float) -> None:
     latency = metrics["execute_latency"]
-    connections = metrics["connections"]
+    connections = metrics["connection_totals"]
     totals = metrics["messages"]["total"]
     errors = ", ".join(f"{n} {code}" for code, n in sorted(metrics.get("errors", {}).items()))
     say("metrics")

@@ -16,18 +16,20 @@ happened to log, so a dead stderr can never stop a shutdown (DESIGN.md section 7
 
 from __future__ import annotations
 
+import json as _json
 import shutil
 import sys
 import threading
-from typing import TYPE_CHECKING, Protocol, TextIO
+from datetime import timezone
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from loguru import logger
 
 if TYPE_CHECKING:
     from loguru import Record
 
-__all__ = ["LEVELS", "GuardedStream", "StatusLine", "TextOut", "human_format",
-           "setup_logging"]
+__all__ = ["LEVELS", "GuardedStream", "JsonLines", "StatusLine", "TextOut", "human_format",
+           "json_line", "setup_logging"]
 
 LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 _ERASE = "\r\x1b[K"
@@ -128,6 +130,41 @@ def human_format(record: Record) -> str:
             + "{message}\n{exception}")
 
 
+_SECRET_WORDS = ("token", "secret", "password", "passwd", "credential")
+
+
+def json_line(record: Record) -> str:
+    """One compact JSON object for ``record``: ``time`` (UTC, ISO 8601, ms), ``level``,
+    ``message``, then ``instance`` when bound and the record's other extra fields (a
+    secret-looking key's value is replaced by ``***``), and ``exception`` when there is one.
+    Nothing is repeated; values JSON cannot hold are written as their ``str``."""
+    obj: dict[str, Any] = {
+        "time": record["time"].astimezone(timezone.utc).isoformat(timespec="milliseconds"),
+        "level": record["level"].name, "message": record["message"]}
+    extra = record["extra"]
+    if "instance" in extra:
+        obj["instance"] = extra["instance"]
+    for key, value in extra.items():
+        if key not in obj:
+            obj[key] = "***" if any(w in key.lower() for w in _SECRET_WORDS) else value
+    exception = record["exception"]
+    if exception is not None and exception.type is not None:
+        obj["exception"] = f"{exception.type.__name__}: {exception.value}"
+    return _json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
+
+
+class JsonLines:
+    """A loguru sink writing :func:`json_line` of each record to ``out`` (any thread; the
+    stream's own lock orders whole lines)."""
+
+    def __init__(self, out: TextOut) -> None:
+        self._out = out
+
+    def __call__(self, message: Any) -> None:
+        self._out.write(json_line(message.record))
+        self._out.flush()
+
+
 def _not_instance_output(record: Record) -> bool:
     return "stream" not in record["extra"]
 
@@ -150,8 +187,8 @@ def setup_logging(level: str = "INFO", *, json: bool = False,
     logger.remove()
     logger.enable("spear_actors")
     if json:
-        logger.add(out, level=level, serialize=True, backtrace=False, diagnose=False,
-                   filter=keep)
+        logger.add(JsonLines(out), level=level, format="{message}", backtrace=False,
+                   diagnose=False, filter=keep)
     elif status is not None:
         logger.add(status.write, level=level, format=human_format, colorize=True,
                    backtrace=False, diagnose=False, filter=keep)

@@ -339,15 +339,41 @@ class RecordEvent:
 
 @dataclass(frozen=True)
 class RecordMessages:
-    """(type name, direction, total bytes, count) tuples for one batch."""
+    """(type name, direction, total bytes, count, connection id) tuples for one batch."""
 
-    stats: Sequence[tuple[str, str, int, int]]
+    stats: Sequence[tuple[str, str, int, int, str]]
     time: float
 
 
+@dataclass(slots=True, eq=False)
+class ExecuteTally:
+    """One instance's executes since the manager's last report. Filled by the manager, then
+    handed over in :class:`RecordExecutes` and never touched by it again (the monitor's)."""
+
+    task_id: str
+    sent: int = 0
+    sent_bytes: int = 0
+    answered: int = 0
+    """answers taken (either path)"""
+    bypassed: int = 0
+    """answers the pump's fast path took: no protocol counted these messages"""
+    bypassed_bytes: int = 0
+    round_trip: list[float] = field(default_factory=list)
+    """seconds from sending the request to taking its answer"""
+    queue: list[float] = field(default_factory=list)
+    """seconds from submit() until the request was sent (this and the next two: a sample of
+    the answers, at most ``tasks.SPLIT_SAMPLES`` per report)"""
+    handler: list[float] = field(default_factory=list)
+    """the instance's own ``processing_time`` (only from peers that report it)"""
+    transport: list[float] = field(default_factory=list)
+    """round trip minus the handler time (same answers as ``handler``)"""
+
+
 @dataclass(frozen=True)
-class RecordLatencies:
-    seconds: Sequence[float]
+class RecordExecutes:
+    """Execute traffic and latencies per instance id, batched on the manager's tick."""
+
+    tallies: Mapping[str, ExecuteTally]
     time: float
 
 
@@ -410,9 +436,10 @@ class InstanceRoute:
 
 @dataclass(frozen=True)
 class ExecuteResponses:
-    """(instance_id, routing_id, request_id, ok, data, error) tuples from the wire."""
+    """(instance_id, routing_id, request_id, ok, data, error, processing_time) tuples from
+    the wire."""
 
-    responses: Sequence[tuple[str, bytes, int, bool, bytes, str | None]]
+    responses: Sequence[tuple[str, bytes, int, bool, bytes, str | None, float | None]]
     time: float
 
 

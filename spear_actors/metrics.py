@@ -14,9 +14,12 @@ import math
 import types
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .records import Event
+
+if TYPE_CHECKING:
+    from .breakdown import ConnectionTable, InstanceLatencies, TaskHistograms
 
 __all__ = [
     "OTHER",
@@ -229,28 +232,43 @@ class LatencyHistogram:
 
     def percentile(self, p: float) -> float | None:
         """Nearest-rank ``p``-th percentile (``p`` in 0..100) in seconds; None if empty."""
-        if not 0 <= p <= 100:
-            raise ValueError(f"percentile must be within 0..100, got {p!r}")
+        return self.percentiles(p)[0]
+
+    def percentiles(self, *ps: float) -> list[float | None]:
+        """:meth:`percentile` of each of ``ps``, summing the buckets once."""
+        for p in ps:
+            if not 0 <= p <= 100:
+                raise ValueError(f"percentile must be within 0..100, got {p!r}")
         if not self._count:
-            return None
-        rank = max(1, math.ceil(p * self._count / 100))
-        if rank == 1:
-            return self._min
-        if rank == self._count:
-            return self._max
-        index = bisect.bisect_left(list(itertools.accumulate(self._counts)), rank)
-        if index == 0:
-            value = self._lowest / 2
-        elif index > self._n:
-            return self._max
-        else:
-            value = self._lowest * math.exp((index - 0.5) * self._log_growth)
-        return min(max(value, self._min), self._max)
+            return [None] * len(ps)
+        cumulative: list[int] | None = None
+        result: list[float | None] = []
+        for p in ps:
+            rank = max(1, math.ceil(p * self._count / 100))
+            if rank == 1:
+                result.append(self._min)
+                continue
+            if rank == self._count:
+                result.append(self._max)
+                continue
+            if cumulative is None:
+                cumulative = list(itertools.accumulate(self._counts))
+            index = bisect.bisect_left(cumulative, rank)
+            if index == 0:
+                value = self._lowest / 2
+            elif index > self._n:
+                result.append(self._max)
+                continue
+            else:
+                value = self._lowest * math.exp((index - 0.5) * self._log_growth)
+            result.append(min(max(value, self._min), self._max))
+        return result
 
     def snapshot(self) -> dict[str, Any]:
         """``{count, p50, p90, p99, max, mean}``; times in seconds, None while empty."""
-        return {"count": self._count, "p50": self.percentile(50), "p90": self.percentile(90),
-                "p99": self.percentile(99), "max": self.max, "mean": self.mean}
+        p50, p90, p99 = self.percentiles(50, 90, 99)
+        return {"count": self._count, "p50": p50, "p90": p90, "p99": p99, "max": self.max,
+                "mean": self.mean}
 
     def merge(self, other: LatencyHistogram) -> None:
         """Add ``other``'s samples to this one; both must have the same bucket layout."""
@@ -399,10 +417,12 @@ class InstanceSamples:
         self._samples: dict[str, dict[str, Any]] = {}
 
     def update(self, instance_id: str, cpu_percent: float, rss: int, num_fds: int,
-               now: float) -> None:
-        """Replace ``instance_id``'s sample with one taken at ``now``."""
+               now: float, cpu_seconds: float | None = None) -> None:
+        """Replace ``instance_id``'s sample with one taken at ``now`` (``cpu_seconds``: user +
+        system time the process used so far)."""
         self._samples[instance_id] = {"cpu_percent": cpu_percent, "rss": rss,
-                                      "num_fds": num_fds, "sampled_at": now}
+                                      "num_fds": num_fds, "sampled_at": now,
+                                      "cpu_seconds": cpu_seconds}
 
     def remove(self, instance_id: str) -> None:
         self._samples.pop(instance_id, None)
@@ -416,7 +436,8 @@ class InstanceSamples:
         return len(self._samples)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        """``{instance_id: {cpu_percent, rss, num_fds, sampled_at}}`` (copies, ids sorted)."""
+        """``{instance_id: {cpu_percent, rss, num_fds, sampled_at, cpu_seconds}}`` (copies, ids
+        sorted)."""
         return {i: dict(sample) for i, sample in sorted(self._samples.items())}
 
 
@@ -428,14 +449,20 @@ class MetricsRegistry:
         messages         MessageStats.snapshot(): per type and direction count and bytes,
                          and "total": {in_count, in_bytes, out_count, out_bytes}
         errors           {code: count} from error(code)
-        connections      {"active", "pending"}: gauges from set_connection_counts();
+        connections      {connection_id: {instance_id, last_activity, messages: {in, out:
+                         {TYPE: {count, bytes}}}, processing_time: {p50, p99, max}}}: every
+                         live connection and the last 256 closed ones (breakdown.py)
+        connection_totals {"active", "pending"}: gauges from set_connection_counts();
                          {"total_opened", "total_closed"}: counts since start
         auth_failures    failed authentications since start
         restarts         instance restarts since start
         execute_latency  {count, p50, p90, p99, max, mean}: seconds since start, None if empty
         throughput       {"messages_in_per_s", "messages_out_per_s", "executes_per_s"} over the
                          last "window_s" seconds before now
-        instances        {instance_id: {cpu_percent, rss, num_fds, sampled_at}}
+        instances        {instance_id: {cpu_percent, rss, num_fds, sampled_at, cpu_seconds}
+                         (while sampled), "latency": {queue, transport, handler: {p50, p99,
+                         max}} (once it answered)}
+        execute_histogram {task: {buckets: [[le, cumulative count]...], sum, count}}
         counters         {name: count} from count(name), e.g. late_replies_dropped
         events           {"recorded": appended since start, "dropped": evicted from the ring}
     """
@@ -450,6 +477,11 @@ class MetricsRegistry:
         self.messages_in = RateMeter(rate_window)
         self.messages_out = RateMeter(rate_window)
         self.executes = RateMeter(rate_window)
+        from .breakdown import ConnectionTable, InstanceLatencies, TaskHistograms
+
+        self.connection_table: ConnectionTable = ConnectionTable()
+        self.instance_latency: InstanceLatencies = InstanceLatencies()
+        self.task_histograms: TaskHistograms = TaskHistograms()
         self.connections_active = 0
         self.connections_pending = 0
         self.connections_opened = 0
@@ -499,21 +531,28 @@ class MetricsRegistry:
         self.counters.incr(name, n)
 
     def sample_instance(self, instance_id: str, cpu_percent: float, rss: int, num_fds: int,
-                        now: float) -> None:
-        self.instances.update(instance_id, cpu_percent, rss, num_fds, now)
+                        now: float, cpu_seconds: float | None = None) -> None:
+        self.instances.update(instance_id, cpu_percent, rss, num_fds, now, cpu_seconds)
 
     def remove_instance(self, instance_id: str) -> None:
         self.instances.remove(instance_id)
+
+    def _instances_snapshot(self) -> dict[str, dict[str, Any]]:
+        result = self.instances.snapshot()
+        for instance_id, latency in self.instance_latency.snapshot().items():
+            result.setdefault(instance_id, {})["latency"] = latency
+        return result
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """The nested metrics dict described in the class docstring (fresh copies)."""
         return {
             "messages": self.messages.snapshot(),
             "errors": self.errors.snapshot(),
-            "connections": {"active": self.connections_active,
-                            "pending": self.connections_pending,
-                            "total_opened": self.connections_opened,
-                            "total_closed": self.connections_closed},
+            "connections": self.connection_table.snapshot(),
+            "connection_totals": {"active": self.connections_active,
+                                  "pending": self.connections_pending,
+                                  "total_opened": self.connections_opened,
+                                  "total_closed": self.connections_closed},
             "auth_failures": self.auth_failures,
             "restarts": self.restarts,
             "execute_latency": self.execute_latency.snapshot(),
@@ -521,7 +560,8 @@ class MetricsRegistry:
                            "messages_out_per_s": self.messages_out.rate(now),
                            "executes_per_s": self.executes.rate(now),
                            "window_s": self.executes.window},
-            "instances": self.instances.snapshot(),
+            "instances": self._instances_snapshot(),
+            "execute_histogram": self.task_histograms.snapshot(),
             "counters": self.counters.snapshot(),
             "events": {"recorded": self.events.last_seq, "dropped": self.events.dropped},
         }

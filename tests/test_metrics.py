@@ -276,7 +276,8 @@ def test_instance_samples() -> None:
     samples.update("i-1", 20.0, 2 << 20, 10, now=2.0)
     samples.update("i-2", 1.0, 100, 5, now=2.0)
     snap = samples.snapshot()
-    assert snap["i-1"] == {"cpu_percent": 20.0, "rss": 2 << 20, "num_fds": 10, "sampled_at": 2.0}
+    assert snap["i-1"] == {"cpu_percent": 20.0, "rss": 2 << 20, "num_fds": 10, "sampled_at": 2.0,
+                           "cpu_seconds": None}
     snap["i-1"]["rss"] = 0
     assert samples.snapshot()["i-1"]["rss"] == 2 << 20
     samples.remove("i-1")
@@ -315,8 +316,9 @@ def test_registry_snapshot_after_scripted_sequence() -> None:
         reg.record_event("InstanceCreated", {"instance_id": f"i-{i}", "token": "x"}, now=100.0)
 
     snap = reg.snapshot(now=105.0)
-    assert set(snap) == {"messages", "errors", "connections", "auth_failures", "restarts",
-                         "execute_latency", "throughput", "instances", "counters", "events"}
+    assert set(snap) == {"messages", "errors", "connections", "connection_totals",
+                         "auth_failures", "restarts", "execute_latency", "throughput",
+                         "instances", "execute_histogram", "counters", "events"}
     assert snap["messages"] == {
         "in": {"AUTH_REQUEST": {"count": 1, "bytes": 90}, "HEARTBEAT": {"count": 1, "bytes": 20},
                "INVALID": {"count": 1, "bytes": 5}},
@@ -325,8 +327,9 @@ def test_registry_snapshot_after_scripted_sequence() -> None:
                 "HEARTBEAT": {"count": 1, "bytes": 20}},
         "total": {"in_count": 3, "in_bytes": 115, "out_count": 12, "out_bytes": 390}}
     assert snap["errors"] == {"bad_message": 2, "timeout": 1}
-    assert snap["connections"] == {"active": 1, "pending": 1, "total_opened": 3,
-                                   "total_closed": 1}
+    assert snap["connection_totals"] == {"active": 1, "pending": 1, "total_opened": 3,
+                                         "total_closed": 1}
+    assert snap["connections"] == {}
     assert snap["auth_failures"] == 2
     assert snap["restarts"] == 1
     lat = snap["execute_latency"]
@@ -340,7 +343,7 @@ def test_registry_snapshot_after_scripted_sequence() -> None:
                                   "messages_out_per_s": pytest.approx(1.2),
                                   "executes_per_s": pytest.approx(1.0), "window_s": 10.0}
     assert snap["instances"] == {"i-1": {"cpu_percent": 3.5, "rss": 50_000_000, "num_fds": 12,
-                                         "sampled_at": 101.0}}
+                                         "sampled_at": 101.0, "cpu_seconds": None}}
     assert snap["counters"] == {"late_replies_dropped": 1}
     assert snap["events"] == {"recorded": 5, "dropped": 2}
     assert [e.data["instance_id"] for e in reg.events.recent()] == ["i-2", "i-3", "i-4"]
@@ -374,4 +377,5 @@ def test_registry_memory_bounded_by_churn() -> None:
     assert len(snap["messages"]["in"]) <= 65
     assert len(snap["errors"]) <= 257
     assert snap["instances"] == {}
-    assert snap["connections"]["total_opened"] == snap["connections"]["total_closed"] == 5000
+    totals = snap["connection_totals"]
+    assert totals["total_opened"] == totals["total_closed"] == 5000

@@ -22,7 +22,7 @@ from dataclasses import replace
 from typing import Any
 
 from .._log import logger
-from ..config import ConnectionConfig
+from ..config import ConnectionConfig, MonitoringConfig
 from ..errors import TransportError
 from ..messages import (
     CloseConnection,
@@ -80,9 +80,15 @@ class ConnectionActor(ServiceActor):
     """Every peer of the spearlet's listener. See the module docstring for the threads."""
 
     def __init__(self, config: ConnectionConfig, listener: Listener, services: Services,
+                 monitoring: MonitoringConfig | None = None,
                  link: ServiceLink | None = None) -> None:
         super().__init__(link)
         self.config = config
+        monitoring = monitoring or MonitoringConfig()
+        self._report = config.enable_monitoring and monitoring.enabled
+        """Tell the monitor about connections and messages (events, message stats)."""
+        self._report_messages = self._report and monitoring.enable_message_tracking
+        self._report_totals = monitoring.enabled
         self._listener = listener
         self._monitor: ServiceHandle = services.handle("monitor")
         self._tasks: ServiceHandle = services.handle("tasks")
@@ -218,7 +224,7 @@ class ConnectionActor(ServiceActor):
     # -- traffic -------------------------------------------------------------------------------
     def _inbound(self, frames: list[Inbound]) -> None:
         protocol = self._protocol
-        responses: list[tuple[str, bytes, int, bool, bytes, str | None]] = []
+        responses: list[tuple[str, bytes, int, bool, bytes, str | None, float | None]] = []
         now = time.monotonic()
         for frame in frames:
             for out in protocol.receive(frame.routing_id, frame.body, frame.received_at,
@@ -228,7 +234,7 @@ class ConnectionActor(ServiceActor):
                 elif isinstance(out, Delivered) and isinstance(out.payload, ExecuteResponse):
                     p = out.payload
                     responses.append((out.instance_id, out.routing_id, out.message.request_id,
-                                      p.ok, p.data, p.error))
+                                      p.ok, p.data, p.error, p.processing_time))
                 else:
                     self._apply([out], now)
         if responses:
@@ -300,17 +306,21 @@ class ConnectionActor(ServiceActor):
             self._pump_counts[name] = total
 
     def _event(self, kind: str, wall: float, **data: Any) -> None:
-        safe_tell(self._monitor, RecordEvent(kind, data, wall))
+        if self._report:
+            safe_tell(self._monitor, RecordEvent(kind, data, wall))
 
     def _flush(self, now: float) -> None:
         if self._sends:
             self._pump.send_many(self._sends)
             self._sends = []
         stats = self._protocol.take_message_stats()
-        if stats:
+        if stats and self._report_messages:
             safe_tell(self._monitor, RecordMessages(stats, time.time()))
+        if not self._report_totals:
+            return
         counts = (self._protocol.authenticated_count, self._protocol.pending_count)
-        if counts != self._last_counts or self._opened or self._closed or self._errors:
+        if counts != self._last_counts or self._opened or self._closed or self._errors or \
+                self._auth_failures:
             safe_tell(self._monitor, ConnectionCounts(counts[0], counts[1], self._opened,
                                                       self._closed, self._auth_failures,
                                                       dict(self._errors)))

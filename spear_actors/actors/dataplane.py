@@ -14,9 +14,11 @@ lock is taken on the hot path):
 * **claim** (:meth:`RequestTable.claim`): any thread. It pops the entry; whoever pops it owns
   the request's outcome, so every request ends exactly once (answer, error, retry or failure).
   A claimed request that is re-sent is registered again under a new request id.
-* **completions**: the pump thread appends ``(request id, instance id, latency, size)`` for
-  every answer it took; the manager drains them (:meth:`RequestTable.take_completions`) to
-  free the instance's slot and account the latency.
+* **completions**: the pump thread appends a :data:`Completion` (request id, instance id,
+  round trip, size, the handler's reported time, queue wait) for every answer it took; the
+  manager drains them (:meth:`RequestTable.take_completions`) to free the instance's slot and
+  account the latency. The pump reads the request's ``sent_at`` and ``submission`` only after
+  it popped (so owns) the request.
 * **wake-up**: while the manager has requests queued for a free slot it must hear about
   completions at once. At the start of every message it calls :meth:`begin`; at the end
   :meth:`settle` (``queued``) publishes whether it wants waking and returns True if
@@ -44,8 +46,9 @@ from ..transport.router import Inbound
 
 __all__ = ["Request", "RequestTable", "ResponseFastPath", "fail_future", "resolve_future"]
 
-Completion = tuple[int, str, float, int]
-"""(request id, instance id, latency in seconds, response bytes)."""
+Completion = tuple[int, str, float, int, float | None, float]
+"""(request id, instance id, round trip in seconds, response bytes, the handler's own time in
+seconds or None (older peers), seconds from submit until sent)."""
 
 
 def resolve_future(future: Future[bytes], data: bytes) -> None:
@@ -175,8 +178,9 @@ class ResponseFastPath:
                     live.pop(request_id, None) is not request:
                 rest.append(frame)  # not ours to take: the ConnectionActor decides
                 continue
-            done.append((request_id, request.instance_id or "", now - request.sent_at,
-                         len(frame.body)))
+            sent_at = request.sent_at
+            done.append((request_id, request.instance_id or "", now - sent_at,
+                         len(frame.body), answer[4], sent_at - request.submission.submitted_at))
             resolved.append((request, answer[1], answer[2], answer[3]))
         if done:
             # account first, resolve second: a caller woken by its answer that submits again

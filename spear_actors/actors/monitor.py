@@ -2,12 +2,21 @@
 
 Runs in its own Pykka thread; every other actor ``tell``s it what happened, in batches where
 traffic is heavy. Memory stays bounded: the event ring, histograms and counters are fixed
-size, and per-instance samples are dropped when an instance stops being tracked.
+size, per-instance samples are dropped when an instance stops being tracked, and the
+per-connection table keeps the live connections and the last 256 closed ones.
+
+Flags (DESIGN.md section 12) turn off the data they name, not only its events:
+``enabled=False`` records nothing at all; ``enable_connection_tracking`` the connection
+events and the per-connection table; ``enable_message_tracking`` message counts, bytes, rates
+and events; ``enable_performance_tracking`` latencies and psutil samples. The senders (the
+ConnectionActor and the TaskExecutionManager) read the same flags and leave out what would
+be dropped here, so turning a flag off also saves the work of collecting it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import psutil
@@ -17,10 +26,11 @@ from ..config import MonitoringConfig
 from ..messages import (
     ConnectionCounts,
     CountMetric,
+    ExecuteTally,
     GetEvents,
     GetMetrics,
     RecordEvent,
-    RecordLatencies,
+    RecordExecutes,
     RecordMessages,
     SampleProcesses,
     TrackProcess,
@@ -33,6 +43,7 @@ from .service import ServiceActor
 __all__ = ["MESSAGE_EVENTS", "MonitorActor"]
 
 MESSAGE_EVENTS = frozenset({"MessageReceived", "MessageSent"})
+CONNECTION_LIFECYCLE = frozenset({"Connected", "Authenticated", "Disconnected"})
 CONNECTION_EVENTS = frozenset({"Connected", "Authenticated", "AuthenticationFailed",
                                "Disconnected", "HeartbeatTimeout"})
 
@@ -50,6 +61,10 @@ class MonitorActor(ServiceActor):
         self._sampler: TimerHandle | None = None
         self._log = logger.bind(actor="monitor")
 
+    @property
+    def _connections_on(self) -> bool:
+        return self.config.enable_connection_tracking
+
     def on_start(self) -> None:
         if self.config.enabled and self.config.enable_performance_tracking:
             ref = self.actor_ref
@@ -62,37 +77,40 @@ class MonitorActor(ServiceActor):
             self._sampler = None
 
     def handle(self, message: Any) -> Any:
-        enabled = self.config.enabled
         match message:
-            case RecordEvent(kind, data, at):
-                if enabled and self._wanted(kind):
-                    self._metrics.record_event(kind, data, at)
-                if kind == "InstanceRestarting":
-                    self._metrics.restart()
-                elif kind == "AuthenticationFailed":
-                    self._metrics.auth_failed()
-            case RecordMessages(stats, at):
-                if enabled:
-                    self._record_messages(stats, at)
-            case RecordLatencies(seconds, at):
-                if enabled:
-                    self._metrics.record_execute_latencies(seconds, at)
-            case CountMetric(name, n):
-                self._metrics.count(name, n)
-            case ConnectionCounts(active, pending, opened, closed, _failures, errors):
-                self._metrics.set_connection_counts(active, pending)
-                self._metrics.connections_opened += opened
-                self._metrics.connections_closed += closed
-                for code, n in errors.items():
-                    self._metrics.error(code, n)
-            case TrackProcess(instance_id, pid):
-                self._track(instance_id, pid)
-            case SampleProcesses():
-                self._sample()
             case GetMetrics():
                 return self._metrics.snapshot(time.time())
             case GetEvents(limit, kinds, since_seq):
                 return self._metrics.events.recent(limit, kinds, since_seq)
+            case SampleProcesses():
+                self._sample()
+                return None
+        if not self.config.enabled:
+            return None  # records nothing (the busy senders, connections and tasks, send none)
+        match message:
+            case RecordEvent(kind, data, at):
+                if self._wanted(kind):
+                    self._metrics.record_event(kind, data, at)
+                if kind == "InstanceRestarting":
+                    self._metrics.restart()
+                elif kind in CONNECTION_LIFECYCLE and self._connections_on:
+                    self._connection_event(kind, data, at)
+            case RecordMessages(stats, at):
+                self._record_messages(stats, at)
+            case RecordExecutes(tallies, at):
+                self._record_executes(tallies, at)
+            case CountMetric(name, n):
+                self._metrics.count(name, n)
+            case ConnectionCounts(active, pending, opened, closed, failures, errors):
+                self._metrics.set_connection_counts(active, pending)
+                self._metrics.connections_opened += opened
+                self._metrics.connections_closed += closed
+                self._metrics.auth_failures += failures
+                for code, n in errors.items():
+                    self._metrics.error(code, n)
+            case TrackProcess(instance_id, pid):
+                if self.config.enable_performance_tracking:
+                    self._track(instance_id, pid)
             case _:
                 self._log.warning("unexpected message {!r}", type(message).__name__)
         return None
@@ -104,14 +122,37 @@ class MonitorActor(ServiceActor):
             return self.config.enable_connection_tracking
         return True
 
+    def _connection_event(self, kind: str, data: Any, at: float) -> None:
+        connection_id = data.get("connection_id")
+        if not isinstance(connection_id, str):
+            return
+        table = self._metrics.connection_table
+        if kind == "Connected":
+            table.opened(connection_id, at)
+        elif kind == "Authenticated":
+            instance_id = data.get("instance_id")
+            if isinstance(instance_id, str):
+                table.authenticated(connection_id, instance_id, at)
+        else:  # Disconnected
+            table.closed(connection_id)
+
     def _record_messages(self, stats: Any, at: float) -> None:
+        if not self.config.enable_message_tracking:
+            return
+        per_connection = self._connections_on
+        table = self._metrics.connection_table
         n_in = n_out = 0
-        for type_name, direction, size, n in stats:
+        for type_name, direction, size, n, connection_id in stats:
             self._metrics.messages.record(type_name, direction, size, n)
+            if per_connection:
+                table.record(connection_id, type_name, direction, size, n, at)
             if direction == "in":
                 n_in += n
             else:
                 n_out += n
+        self._count_messages(n_in, n_out, at)
+
+    def _count_messages(self, n_in: int, n_out: int, at: float) -> None:
         self._metrics.messages_in.add(n_in, at)
         self._metrics.messages_out.add(n_out, at)
         if self.config.enable_message_tracking:
@@ -120,6 +161,36 @@ class MonitorActor(ServiceActor):
                 self._metrics.record_event("MessageReceived", {"count": n_in}, at)
             if n_out:
                 self._metrics.record_event("MessageSent", {"count": n_out}, at)
+
+    def _record_executes(self, tallies: Mapping[str, ExecuteTally], at: float) -> None:
+        """The manager's per-instance execute batch: system-wide, per connection (the
+        instance's live one), per instance (latency split) and per task (histogram)."""
+        m = self._metrics
+        messages = self.config.enable_message_tracking
+        timing = self.config.enable_performance_tracking
+        per_connection = self._connections_on
+        answered = n_in = n_out = 0
+        for instance_id, t in tallies.items():
+            answered += t.answered
+            if messages:
+                if t.sent:
+                    m.messages.record("EXECUTE_REQUEST", "out", t.sent_bytes, t.sent)
+                if t.bypassed:
+                    m.messages.record("EXECUTE_RESPONSE", "in", t.bypassed_bytes, t.bypassed)
+                n_out += t.sent
+                n_in += t.bypassed
+            if per_connection:
+                m.connection_table.record_executes(
+                    instance_id, t.sent if messages else 0, t.sent_bytes,
+                    t.bypassed if messages else 0, t.bypassed_bytes,
+                    t.handler if timing else (), at)
+            if timing and t.round_trip:
+                m.execute_latency.record_many(t.round_trip)
+                m.instance_latency.record(instance_id, t.queue, t.transport, t.handler)
+                m.task_histograms.record(t.task_id or "?", t.round_trip)
+        m.executes.add(answered, at)
+        if messages:
+            self._count_messages(n_in, n_out, at)
 
     def _track(self, instance_id: str, pid: int | None) -> None:
         self._processes.pop(instance_id, None)
@@ -141,7 +212,9 @@ class MonitorActor(ServiceActor):
                     cpu = proc.cpu_percent(None)
                     rss = proc.memory_info().rss
                     fds = proc.num_fds()
+                    times = proc.cpu_times()
             except psutil.Error:
                 self._processes.pop(instance_id, None)
                 continue
-            self._metrics.sample_instance(instance_id, cpu, rss, fds, now)
+            self._metrics.sample_instance(instance_id, cpu, rss, fds, now,
+                                          times.user + times.system)

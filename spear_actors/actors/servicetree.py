@@ -88,12 +88,14 @@ class ServiceTree:
             ref = MonitorActor.start(cfg.monitoring, self._scheduler, link=link)
         elif name == "connection":
             assert self.listener is not None
-            ref = ConnectionActor.start(cfg.connection, self.listener, self.services, link=link)
+            ref = ConnectionActor.start(cfg.connection, self.listener, self.services,
+                                        monitoring=cfg.monitoring, link=link)
         else:
             assert self.listener is not None
             ref = TaskExecutionManager.start(self.intake, self.services.handle("monitor"),
                                              self.table, self.listener.send_requests,
-                                             routes=routes or {}, link=link)
+                                             routes=routes or {}, monitoring=cfg.monitoring,
+                                             link=link)
         self.services.set(name, ref)
 
     # -- failures ----------------------------------------------------------------------------------

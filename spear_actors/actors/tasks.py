@@ -29,6 +29,7 @@ from typing import Any
 import pykka
 
 from .._log import logger
+from ..config import MonitoringConfig
 from ..errors import (
     ExecutionError,
     InstanceFailed,
@@ -41,10 +42,10 @@ from ..messages import (
     CountMetric,
     DrainSubmissions,
     ExecuteResponses,
+    ExecuteTally,
     GetTaskStats,
     InstanceRoute,
-    RecordLatencies,
-    RecordMessages,
+    RecordExecutes,
     Submission,
     Undeliverable,
 )
@@ -61,6 +62,10 @@ Sender = Callable[[Iterable[tuple[bytes, bytes, int]]], None]
 """Queues (routing id, body, request id) frames on the router pump (any thread)."""
 DEFAULT_MAX_QUEUE = 100_000
 DEFAULT_MAX_WAIT = 30.0  # a queued request without its own timeout waits at most this long
+SPLIT_SAMPLES = 16
+"""Answers per instance per report (50 ms tick) whose latency split (queue, transport,
+handler) is kept: a sample bounding the monitor's work at any throughput (~320/s per
+instance; percentiles of a sample). Round trips are all kept: their counts are exported."""
 
 
 @dataclass(slots=True, eq=False)
@@ -85,8 +90,14 @@ class TaskExecutionManager(ServiceActor):
                  sender: Sender | None, *, max_queue: int = DEFAULT_MAX_QUEUE,
                  max_wait: float = DEFAULT_MAX_WAIT,
                  routes: dict[str, tuple[str, int]] | None = None,
+                 monitoring: MonitoringConfig | None = None,
                  link: ServiceLink | None = None) -> None:
         super().__init__(link)
+        monitoring = monitoring or MonitoringConfig()
+        self._account = monitoring.enabled
+        """Tally executes per instance for the monitor at all (nothing when disabled)."""
+        self._timing = monitoring.enabled and monitoring.enable_performance_tracking
+        """Keep latencies (round trip, queue, transport, handler)."""
         self._intake = intake
         self._monitor = monitor
         """An ActorRef, or anything with ``tell`` that resolves the current monitor."""
@@ -101,8 +112,7 @@ class TaskExecutionManager(ServiceActor):
         self._deadlines: list[tuple[float, int, Request]] = []  # heap; stale entries skipped
         self._seq = itertools.count()
         self._frames: list[tuple[bytes, bytes, int]] = []
-        self._latencies: list[float] = []  # reported to the monitor on the deadline tick
-        self._out_count = self._out_bytes = self._in_count = self._in_bytes = 0
+        self._tallies: dict[str, ExecuteTally] = {}  # reported on the deadline tick
         self._closed = False
         self.counters: collections.Counter[str] = collections.Counter()
         self._log = logger.bind(actor="tasks")
@@ -228,7 +238,12 @@ class TaskExecutionManager(ServiceActor):
         request.sent_at = now
         inst.in_flight[request_id] = request
         self._frames.append((inst.routing_id, body, request_id))
-        self._out_bytes += len(body)
+        if self._account:
+            tally = self._tallies.get(inst.instance_id)
+            if tally is None:
+                tally = self._tallies[inst.instance_id] = ExecuteTally(inst.task_id)
+            tally.sent += 1
+            tally.sent_bytes += len(body)
 
     def _enqueue(self, request: Request) -> bool:
         """Queue it for a free slot; False if the target's queue is full."""
@@ -260,30 +275,28 @@ class TaskExecutionManager(ServiceActor):
     def _flush(self) -> None:
         if self._frames:
             frames, self._frames = self._frames, []
-            self._out_count += len(frames)
             if self._sender is not None:
                 self._sender(frames)
 
     def _report(self) -> None:
         """Hand the monitor what accumulated (on the deadline tick, not per request: the
         monitor's thread waking per request would compete with the callers)."""
-        now = time.time()
-        stats = [(name, direction, size, count) for name, direction, size, count in (
-            ("EXECUTE_REQUEST", "out", self._out_bytes, self._out_count),
-            ("EXECUTE_RESPONSE", "in", self._in_bytes, self._in_count)) if count]
-        if stats:
-            safe_tell(self._monitor, RecordMessages(stats, now))
-            self._out_count = self._out_bytes = self._in_count = self._in_bytes = 0
-        if self._latencies:
-            safe_tell(self._monitor, RecordLatencies(self._latencies, now))
-            self._latencies = []
+        if self._tallies:
+            tallies, self._tallies = self._tallies, {}
+            safe_tell(self._monitor, RecordExecutes(tallies, time.time()))
+
+    def _tally(self, instance_id: str, inst: _Instance | None) -> ExecuteTally:
+        tally = self._tallies.get(instance_id)
+        if tally is None:
+            tally = self._tallies[instance_id] = ExecuteTally(
+                inst.task_id if inst is not None else "")
+        return tally
 
     # -- answers -------------------------------------------------------------------------------
-    def _answers(self, responses: Sequence[tuple[str, bytes, int, bool, bytes, str | None]],
-                 at: float) -> None:
+    def _answers(self, responses: Sequence[tuple[str, bytes, int, bool, bytes, str | None,
+                                                 float | None]], at: float) -> None:
         table = self._table
-        latencies = self._latencies
-        for instance_id, routing_id, request_id, ok, data, error in responses:
+        for instance_id, routing_id, request_id, ok, data, error, took in responses:
             request = table.get(request_id)
             if request is None or request.routing_id is None:
                 self.counters["late_replies_dropped"] += 1
@@ -299,7 +312,17 @@ class TaskExecutionManager(ServiceActor):
             inst = self._instances.get(request.instance_id or "")
             if inst is not None:
                 inst.in_flight.pop(request_id, None)
-            latencies.append(at - request.sent_at)
+            if self._account:  # the ConnectionActor's protocol counted the message itself
+                tally = self._tally(instance_id, inst)
+                tally.answered += 1
+                if self._timing:
+                    round_trip = at - request.sent_at
+                    tally.round_trip.append(round_trip)
+                    if len(tally.queue) < SPLIT_SAMPLES:
+                        tally.queue.append(request.sent_at - request.submission.submitted_at)
+                        if took is not None:
+                            tally.handler.append(took)
+                            tally.transport.append(max(0.0, round_trip - took))
             if ok:
                 resolve_future(request.submission.future, data)
             else:
@@ -326,14 +349,25 @@ class TaskExecutionManager(ServiceActor):
     def _completed(self, at: float) -> None:
         """Requests the fast path resolved: free their slots, record their latency."""
         instances = self._instances
-        latencies = self._latencies
-        for request_id, instance_id, latency, size in self._table.take_completions():
+        account, timing = self._account, self._timing
+        for request_id, instance_id, round_trip, size, took, queued in \
+                self._table.take_completions():
             inst = instances.get(instance_id)
             if inst is not None:
                 inst.in_flight.pop(request_id, None)
-            latencies.append(latency)
-            self._in_count += 1
-            self._in_bytes += size
+            if not account:
+                continue
+            tally = self._tallies.get(instance_id) or self._tally(instance_id, inst)
+            tally.answered += 1
+            tally.bypassed += 1  # the fast path: no protocol saw this message
+            tally.bypassed_bytes += size
+            if timing:
+                tally.round_trip.append(round_trip)
+                if len(tally.queue) < SPLIT_SAMPLES:
+                    tally.queue.append(queued)
+                    if took is not None:
+                        tally.handler.append(took)
+                        tally.transport.append(round_trip - took if round_trip > took else 0.0)
         if self._queues:
             self._drain_queues(at)
 

@@ -116,22 +116,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(m, indent=1, sort_keys=True))
         return 0
-    lat, conns, tp = m["execute_latency"], m["connections"], m["throughput"]
+    from .metrics_table import render_metrics
 
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v * 1000:.2f} ms"
-
-    print(f"requests     {lat['count']} executed; {tp['executes_per_s']:,.1f}/s over the last "
-          f"{tp['window_s']:.0f} s")
-    print(f"latency      p50 {ms(lat['p50'])}  p90 {ms(lat['p90'])}  p99 {ms(lat['p99'])}  "
-          f"max {ms(lat['max'])}")
-    print(f"restarts     {m['restarts']}")
-    print(f"connections  {conns['active']} active, {conns['pending']} pending, "
-          f"{conns['total_opened']} opened, {conns['total_closed']} closed; "
-          f"{m['auth_failures']} auth failures")
-    print(f"errors       {json.dumps(m.get('errors', {}))}")
-    for iid, sample in sorted(m.get("instances", {}).items()):
-        print(f"  {iid}: {json.dumps(sample)}")
+    print(render_metrics(m, time.time()), end="")
     return 0
 
 

@@ -41,6 +41,7 @@ from .signals import Signals, Terminate
 
 if TYPE_CHECKING:
     from ..control import ControlServer, RunInfo
+    from ..exporter import Exporter
     from ..system import SpearSystem
     from ..tomlconfig import SpearFile
 
@@ -59,7 +60,11 @@ def _up_options(parser: argparse.ArgumentParser) -> None:
                         help="interactive Python console with `system` bound")
     parser.add_argument("--log-level", type=str.upper, choices=LEVELS, metavar="LEVEL",
                         help="TRACE..CRITICAL (default INFO; WARNING with --repl or --demo)")
-    parser.add_argument("--log-json", action="store_true", help="log JSON lines to stderr")
+    parser.add_argument("--log-json", action="store_true",
+                        help="log one compact JSON object per line to stderr")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (needs "
+                             "spear-actors[prometheus]; [monitoring] metrics_port in TOML)")
     parser.add_argument("--demo", action="store_true",
                         help="self-contained demonstration (3 echo instances), no config needed")
     parser.add_argument("--run-dir", metavar="DIR", help="where the control run file goes")
@@ -85,6 +90,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                   status=console.live, stream=console.err)  # above the live line, if any
     try:
         spec = _load_config(args.config)
+        metrics_port = _metrics_port(args, spec)
     except ConfigError as exc:
         return console.fail(f"config error: {exc}", EXIT_USAGE)
     from ..control import ControlServer, claim_run_dir, resolve_run_dir
@@ -105,10 +111,16 @@ def cmd_up(args: argparse.Namespace) -> int:
     _relay_failure(system, signals)
     outcome = EXIT_FAILURE
     control: ControlServer | None = None
+    exporter: Exporter | None = None
     try:
         control = ControlServer(system, run_dir)
         signals.on_force.append(control.remove_run_file)
         info = control.start()
+        if metrics_port is not None:
+            from ..exporter import start_exporter
+
+            exporter = start_exporter(system, metrics_port, spec.system.monitoring.metrics_host)
+            console.line(f"Prometheus metrics at {exporter.url}")
         outcome = _serve(args, system, spec, console, signals, info)
     except SpearError as exc:
         console.clear()
@@ -116,10 +128,27 @@ def cmd_up(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, Terminate):  # Ctrl-C before the --repl console was up
         outcome = EXIT_OK
     finally:
+        if exporter is not None:
+            exporter.close()
         clean = shut_down(system, control, console, signals, budget=stop_budget(spec))
     if not clean or console.lost or signals.output_lost:
         return outcome or EXIT_FAILURE  # the shutdown was complete, but not all of it was said
     return outcome
+
+
+def _metrics_port(args: argparse.Namespace, spec: SpearFile) -> int | None:
+    """The Prometheus port (``--metrics-port`` over ``[monitoring] metrics_port``); raises
+    ConfigError at once if it is asked for and prometheus-client is missing."""
+    port: int | None = args.metrics_port
+    if port is None:
+        port = spec.system.monitoring.metrics_port
+    elif not 0 <= port < 65536:
+        raise ConfigError(f"--metrics-port must be a port number (0..65535), got {port}")
+    if port is not None:
+        from ..exporter import require_prometheus
+
+        require_prometheus()
+    return port
 
 
 def _serve(args: argparse.Namespace, system: SpearSystem, spec: SpearFile, console: Console,
@@ -271,11 +300,18 @@ def report_signals(signals: Signals) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
+    if args.metrics_port is not None:
+        from ..exporter import require_prometheus
+
+        try:
+            require_prometheus()
+        except ConfigError as exc:
+            return fail(str(exc), EXIT_USAGE)
     # the demo keeps its output clean: warnings (the supervisor's restart shows), no chatter
     setup_logging(args.log_level or "WARNING", json=args.log_json,
                   instance_output=args.log_level is not None)
     try:
-        run_demo()
+        run_demo(metrics_port=args.metrics_port)
     except KeyboardInterrupt:
         return fail("demo interrupted", EXIT_FORCED)
     except SpearError as exc:

@@ -85,6 +85,9 @@ def build_env(*, instance_id: str, secret: str, port: int | None, endpoint: str,
     env["SPEAR_INSTANCE_ID"] = instance_id
     env["SPEAR_SECRET"] = secret
     env["SPEAR_COMMUNICATION_TYPE"] = transport
+    env.pop("SPEAR_COMMUNICATION_PATH", None)
+    if transport == "ipc" and endpoint.startswith("ipc://"):
+        env["SPEAR_COMMUNICATION_PATH"] = endpoint[len("ipc://"):]
     env["SPEAR_COMMUNICATION_ENDPOINT"] = endpoint
     return env
 

@@ -163,12 +163,15 @@ class ClientSession:
                 and now - self.last_heartbeat_sent >= self.heartbeat_interval)
 
     def respond(self, request_id: int, now: float, data: bytes = b"", ok: bool = True,
-                error: str | None = None) -> bytes:
+                error: str | None = None, processing_time: float | None = None) -> bytes:
+        """The EXECUTE_RESPONSE frame; ``processing_time`` is the handler's own time (s)."""
         self._require_authenticated()
         if type(data) is not bytes or type(ok) is not bool or not (
                 error is None or type(error) is str):
             raise LocalProtocolError("respond() takes bytes data, a bool ok and a str error")
-        return pack_execute_response(request_id, ok, data, error, now)
+        if processing_time is not None and not 0.0 <= processing_time < float("inf"):
+            processing_time = None  # a clock that went backwards: better say nothing
+        return pack_execute_response(request_id, ok, data, error, now, processing_time)
 
     def close(self, reason: str, now: float) -> bytes:
         self.state = ClientState.CLOSED

@@ -123,6 +123,13 @@ def _opt_float(v: Any, key: str) -> float | None:
     return None if v is None else _float(v, key)
 
 
+def _duration(v: Any, key: str) -> float:
+    f = _float(v, key)
+    if f < 0:
+        _bad(f"{key} must be >= 0")
+    return f
+
+
 def _str_map(v: Any, key: str) -> dict[str, str]:
     if not isinstance(v, dict) or not all(
             isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
@@ -158,7 +165,7 @@ _SCHEMA: dict[MessageType, tuple[type[Payload], dict[str, Check], dict[str, Chec
     MessageType.EXECUTE_REQUEST: (ExecuteRequest, {
         "method": _str, "data": _bin, "deadline": _opt_float}, {}),
     MessageType.EXECUTE_RESPONSE: (ExecuteResponse, {
-        "ok": _bool, "data": _bin, "error": _opt_str}, {}),
+        "ok": _bool, "data": _bin, "error": _opt_str}, {"processing_time": _duration}),
     MessageType.SIGNAL: (Signal, {"signal": _str, "reason": _str}, {}),
     MessageType.HEARTBEAT: (Heartbeat, {"sequence": _uint64}, {"stats": _stats}),
     MessageType.ERROR: (Error, {"code": _str, "message": _str}, {}),
@@ -190,6 +197,7 @@ _new = object.__new__
 _set = object.__setattr__
 _EXECUTE_REQUEST_KEYS = frozenset({"method", "data", "deadline"})
 _EXECUTE_RESPONSE_KEYS = frozenset({"ok", "data", "error"})
+_EXECUTE_RESPONSE_TIMED_KEYS = frozenset({"ok", "data", "error", "processing_time"})
 _HEARTBEAT_KEYS = frozenset({"sequence"})
 
 
@@ -243,10 +251,11 @@ def decode(body: bytes, max_size: int = DEFAULT_MAX_SIZE) -> SpearMessage:
 
 
 def peek_execute_response(body: bytes, max_size: int = DEFAULT_MAX_SIZE
-                          ) -> tuple[int, bool, bytes, str | None] | None:
-    """``(request_id, ok, data, error)`` if ``body`` is a well-formed EXECUTE_RESPONSE of the
-    supported version, else None (the caller then takes the strict path, which reports
-    what is wrong). One pass, no records: the server's hottest inbound frame."""
+                          ) -> tuple[int, bool, bytes, str | None, float | None] | None:
+    """``(request_id, ok, data, error, processing_time)`` if ``body`` is a well-formed
+    EXECUTE_RESPONSE of the supported version, else None (the caller then takes the strict
+    path, which reports what is wrong). One pass, no records: the server's hottest inbound
+    frame. ``processing_time`` is None when the peer did not send it."""
     if len(body) > max_size:
         return None
     try:
@@ -264,13 +273,25 @@ def peek_execute_response(body: bytes, max_size: int = DEFAULT_MAX_SIZE
         fields = _unpack(payload, max_size)
     except RemoteProtocolError:
         return None
-    if type(fields) is not dict or fields.keys() != _EXECUTE_RESPONSE_KEYS:
+    if type(fields) is not dict:
         return None
+    keys = fields.keys()
+    took: float | None = None
+    if keys != _EXECUTE_RESPONSE_KEYS:
+        if keys != _EXECUTE_RESPONSE_TIMED_KEYS:
+            return None
+        raw = fields["processing_time"]  # as the strict path: ints accepted, finite, >= 0
+        if type(raw) is float and 0.0 <= raw < math.inf:
+            took = raw
+        elif type(raw) is int and raw >= 0:
+            took = float(raw)
+        else:
+            return None
     ok, data, error = fields["ok"], fields["data"], fields["error"]
     if type(ok) is not bool or type(data) is not bytes or not (
             error is None or type(error) is str):
         return None
-    return request_id, ok, data, error
+    return request_id, ok, data, error, took
 
 
 def decode_payload(message: SpearMessage, max_size: int = DEFAULT_MAX_SIZE) -> Payload:
@@ -353,11 +374,13 @@ def pack_execute_request(request_id: int, method: str, data: bytes, deadline: fl
 
 
 def pack_execute_response(request_id: int, ok: bool, data: bytes, error: str | None,
-                          timestamp: float) -> bytes:
+                          timestamp: float, processing_time: float | None = None) -> bytes:
     """Fast path: same bytes as ``pack(ExecuteResponse(...))``."""
+    fields: dict[str, Any] = {"ok": ok, "data": data, "error": error}
+    if processing_time is not None:
+        fields["processing_time"] = processing_time
     return _packb({"message_type": 4, "request_id": request_id, "timestamp": timestamp,
-                   "payload": _packb({"ok": ok, "data": data, "error": error}),
-                   "version": PROTOCOL_VERSION})
+                   "payload": _packb(fields), "version": PROTOCOL_VERSION})
 
 
 def make_message(payload: Payload, request_id: int, timestamp: float) -> SpearMessage:

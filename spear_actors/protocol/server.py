@@ -228,19 +228,21 @@ class ServerProtocol:
         self._new_connection_id = new_connection_id or self._next_connection_id
         self.counters: dict[str, int] = {}
         """Refusals and drops by reason (bad_message, not_authenticated, ...)."""
-        self._message_stats: dict[tuple[str, str], list[int]] = {}
+        self._message_stats: dict[tuple[str, str, str], list[int]] = {}
 
-    def take_message_stats(self) -> list[tuple[str, str, int, int]]:
-        """``(type name, "in"|"out", bytes, count)`` since the last call (then reset)."""
-        stats = [(name, direction, c[1], c[0])
-                 for (name, direction), c in self._message_stats.items()]
+    def take_message_stats(self) -> list[tuple[str, str, int, int, str]]:
+        """``(type name, "in"|"out", bytes, count, connection id)`` since the last call (then
+        reset)."""
+        stats = [(name, direction, c[1], c[0], connection_id)
+                 for (connection_id, name, direction), c in self._message_stats.items()]
         self._message_stats.clear()
         return stats
 
-    def _tally(self, name: str, direction: str, size: int) -> None:
-        counter = self._message_stats.get((name, direction))
+    def _tally(self, session: ServerSession, name: str, direction: str, size: int) -> None:
+        key = (session.connection_id, name, direction)
+        counter = self._message_stats.get(key)
         if counter is None:
-            counter = self._message_stats[(name, direction)] = [0, 0]
+            counter = self._message_stats[key] = [0, 0]
         counter[0] += 1
         counter[1] += size
 
@@ -288,10 +290,10 @@ class ServerProtocol:
             message = decode(body, self.settings.max_message_size)
             payload = decode_payload(message, self.settings.max_message_size)
         except RemoteProtocolError as exc:
-            self._tally("INVALID", "in", len(body))
+            self._tally(session, "INVALID", "in", len(body))
             out.extend(self._bad_frame(session, exc, now))
             return out
-        self._tally(message.message_type.name, "in", len(body))
+        self._tally(session, message.message_type.name, "in", len(body))
         session.bad_in_a_row = 0
         if session.state is SessionState.AWAITING_AUTH:
             out.extend(self._receive_unauthenticated(session, message, payload, now))
@@ -368,7 +370,7 @@ class ServerProtocol:
 
     def _send(self, session: ServerSession, payload: Payload, request_id: int = 0) -> Send:
         body = pack(payload, request_id, self._timestamp(session.last_activity))
-        self._tally(payload.TYPE.name, "out", len(body))
+        self._tally(session, payload.TYPE.name, "out", len(body))
         return Send(session.routing_id, body, payload.TYPE)
 
     def _mute(self, routing_id: bytes, reason: str) -> Mute:

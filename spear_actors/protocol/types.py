@@ -174,11 +174,17 @@ class ExecuteResponse(Payload):
     ok: bool
     data: bytes
     error: str | None = None
+    processing_time: float | None = None
+    """The handler's own time in seconds (DESIGN.md section 12); older peers omit it."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.ok, bool), "ok must be a bool")
         _require(isinstance(self.data, bytes), "data must be bytes")
         _require(_is_opt_str(self.error), "error must be a str or None")
+        t = self.processing_time
+        _require(t is None or (isinstance(t, (int, float)) and not isinstance(t, bool)
+                               and math.isfinite(t) and t >= 0),
+                 "processing_time must be a finite float >= 0 or None")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import zmq
 
@@ -37,7 +37,23 @@ __all__ = ["ENV_VARS", "Handler", "InstanceClient"]
 Handler = Callable[[str, bytes], bytes]
 
 ENV_VARS = ("SPEAR_INSTANCE_ID", "SPEAR_SECRET", "SPEAR_COMMUNICATION_TYPE",
-            "SPEAR_COMMUNICATION_PORT", "SPEAR_COMMUNICATION_ENDPOINT")
+            "SPEAR_COMMUNICATION_PORT", "SPEAR_COMMUNICATION_PATH",
+            "SPEAR_COMMUNICATION_ENDPOINT")
+
+if TYPE_CHECKING:
+    import logging
+
+LOGGER_NAME = "spear_actors.client"
+"""Reconnect attempts are logged to this standard ``logging`` logger at WARNING (no loguru in
+an instance process)."""
+
+
+def _log() -> logging.Logger:
+    """Imported on the first reconnect, not at start: ``logging`` would add milliseconds to
+    every instance start for a message most instances never write."""
+    import logging
+
+    return logging.getLogger(LOGGER_NAME)
 
 
 class _Reply(NamedTuple):
@@ -46,6 +62,33 @@ class _Reply(NamedTuple):
     ok: bool
     data: bytes
     error: str | None
+    processing_time: float | None
+
+
+def endpoint_from_env(env: Mapping[str, str]) -> str:
+    """The ZeroMQ endpoint the ``SPEAR_COMMUNICATION_*`` variables name (DESIGN.md section 2):
+    ``SPEAR_COMMUNICATION_ENDPOINT`` when set, else by ``SPEAR_COMMUNICATION_TYPE`` (default
+    ``tcp``): ``tcp://127.0.0.1:$SPEAR_COMMUNICATION_PORT`` or ``ipc://$SPEAR_COMMUNICATION_PATH``.
+    Raises ConfigError naming what is missing or wrong."""
+    endpoint = env.get("SPEAR_COMMUNICATION_ENDPOINT")
+    if endpoint:
+        return endpoint
+    kind = (env.get("SPEAR_COMMUNICATION_TYPE") or "tcp").strip().lower()
+    if kind == "ipc":
+        path = env.get("SPEAR_COMMUNICATION_PATH")
+        if not path:
+            raise ConfigError("SPEAR_COMMUNICATION_TYPE is ipc but SPEAR_COMMUNICATION_PATH "
+                              "is not set")
+        return path if path.startswith("ipc://") else f"ipc://{path}"
+    if kind != "tcp":
+        raise ConfigError(f"SPEAR_COMMUNICATION_TYPE must be tcp or ipc, not {kind!r}")
+    port = env.get("SPEAR_COMMUNICATION_PORT")
+    if not port:
+        raise ConfigError("environment variable SPEAR_COMMUNICATION_PORT is not set (this "
+                          "program is meant to be started by spear_actors)")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"SPEAR_COMMUNICATION_PORT is not a port number: {port!r}")
+    return f"tcp://127.0.0.1:{port}"
 
 
 class InstanceClient:
@@ -113,12 +156,7 @@ class InstanceClient:
 
         instance_id = need("SPEAR_INSTANCE_ID")
         secret = need("SPEAR_SECRET")
-        endpoint = env.get("SPEAR_COMMUNICATION_ENDPOINT")
-        if not endpoint:
-            port = need("SPEAR_COMMUNICATION_PORT")
-            if not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigError(f"SPEAR_COMMUNICATION_PORT is not a port number: {port!r}")
-            endpoint = f"tcp://127.0.0.1:{port}"
+        endpoint = endpoint_from_env(env)
         if "max_concurrency" not in kwargs and env.get("SPEAR_MAX_CONCURRENCY", "").isdigit():
             kwargs["max_concurrency"] = int(env["SPEAR_MAX_CONCURRENCY"])
         if "curve_server_key" not in kwargs and env.get("SPEAR_CURVE_SERVER_KEY"):
@@ -216,6 +254,7 @@ class InstanceClient:
         return self.stop_reason or "closed"
 
     def _work(self, handler: Handler) -> None:
+        clock = time.perf_counter
         while True:
             try:
                 item = self._requests.get(timeout=0.5)
@@ -231,14 +270,16 @@ class InstanceClient:
                 if self._done.is_set():  # stopping: the spearlet fails what we did not start
                     break
                 generation = self._generation
+                started = clock()
                 try:
                     data = handler(request.method, request.data)
                     if not isinstance(data, bytes):
                         data = bytes(data)
-                    reply = _Reply(generation, request.request_id, True, data, None)
+                    reply = _Reply(generation, request.request_id, True, data, None,
+                                   clock() - started)
                 except Exception as exc:
                     reply = _Reply(generation, request.request_id, False, b"",
-                                   f"{type(exc).__name__}: {exc}")
+                                   f"{type(exc).__name__}: {exc}", clock() - started)
                 self._replies.append(reply)
             self._wakeup.wake()
 
@@ -356,7 +397,7 @@ class InstanceClient:
             if reply.generation != self._generation or self._sock is None:
                 continue  # answered on a connection that is gone: the server failed it
             self._send(self._session.respond(reply.request_id, now, reply.data, reply.ok,
-                                             reply.error))
+                                             reply.error, reply.processing_time))
 
     def _handle(self, event: object) -> None:
         if isinstance(event, RequestReceived):
@@ -386,10 +427,16 @@ class InstanceClient:
             if self._closing:
                 return
             delay = min(self.backoff_max, self.backoff_min * 2 ** (attempt - 1))
-            time.sleep(delay * random.uniform(0.5, 1.5))  # backoff with jitter
+            delay *= random.uniform(0.5, 1.5)  # backoff with jitter
+            _log().warning("instance %s: reconnect attempt %d/%d to %s in %.2f s",
+                           self.instance_id, attempt, self.max_retries, self.endpoint, delay)
+            time.sleep(delay)
             try:
                 self._handshake(time.monotonic() + answer_within)
             except TimeoutError:
+                _log().warning("instance %s: reconnect attempt %d/%d failed: no answer "
+                               "within %.1f s", self.instance_id, attempt, self.max_retries,
+                               answer_within)
                 continue
             except AuthenticationError as exc:
                 self._finish("auth_refused", exc)

@@ -140,3 +140,15 @@ def test_up_refuses_bad_config(tmp_path: Path, text: str | None, message: str) -
     assert result.returncode == 2, result.stderr
     assert re.search(r"spear-actors: config error: .*" + message, result.stderr), result.stderr
     assert not run_dir.exists()  # refused before anything started
+
+
+def test_monitoring_metrics_port_and_flags_from_toml() -> None:
+    spec = parse("[monitoring]\nmetrics_port = 9464\nenable_message_tracking = false\n"
+                 "[connection]\nenable_monitoring = false\n")
+    assert spec.system.monitoring.metrics_port == 9464
+    assert spec.system.monitoring.metrics_host == "127.0.0.1"
+    assert not spec.system.monitoring.enable_message_tracking
+    assert not spec.system.connection.enable_monitoring
+    for bad in ("70000", '"9464"', "true"):
+        with pytest.raises(ConfigError, match="metrics_port"):
+            parse(f"[monitoring]\nmetrics_port = {bad}\n")

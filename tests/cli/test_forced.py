@@ -49,9 +49,9 @@ def test_second_interrupt_forces(tmp_path: Path) -> None:
             info = wait_until(lambda: (i := spear.instances()) and i[0].state.is_serving
                               and i[0], 20, message="stubborn READY")
         assert info.pid is not None
-        child = wait_until(lambda: next((int(json.loads(ln)["record"]["message"].split()[1])
+        child = wait_until(lambda: next((int(json.loads(ln)["message"].split()[1])
                                          for ln in up.output.splitlines()
-                                         if '"message": "child ' in ln), None), 10)
+                                         if '"message":"child ' in ln), None), 10)
         up.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: "stopping every instance" in up.output, 10)
         # still waiting for the stubborn instance (the second Ctrl-C now forces: the handler

@@ -95,7 +95,7 @@ class Harness:
                error: str | None = None, routing_id: bytes = ROUTE,
                instance_id: str = "task-1") -> None:
         self.manager.tell(ExecuteResponses(
-            [(instance_id, routing_id, request_id, ok, data, error)], time.monotonic()))
+            [(instance_id, routing_id, request_id, ok, data, error, None)], time.monotonic()))
 
     def bounce(self, request_id: int, reason: str = "unreachable",
                routing_id: bytes = ROUTE) -> None:

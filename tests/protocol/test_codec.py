@@ -569,6 +569,8 @@ HAND_BUILT: list[tuple[int, dict[str, Any], Payload]] = [
     (3, {"method": "m", "data": b"\x01", "deadline": 10},
      ExecuteRequest("m", b"\x01", 10.0)),
     (4, {"ok": True, "data": b"out", "error": None}, ExecuteResponse(True, b"out")),
+    (4, {"ok": True, "data": b"", "error": None, "processing_time": 2},  # int for float
+     ExecuteResponse(True, b"", None, 2.0)),
     (5, {"signal": "drain", "reason": ""}, Signal("drain")),
     (6, {"sequence": 12, "stats": {"rss": 1 << 40, "cpu": 3.5, "tag": "a", "x": None}},
      Heartbeat(12, {"rss": 1 << 40, "cpu": 3.5, "tag": "a", "x": None})),
@@ -623,8 +625,10 @@ def test_pack_execute_request_fast_path_is_byte_identical(
 
 
 @ROUND_TRIP
-@given(u64, st.booleans(), st.binary(max_size=50), st.none() | texts, finite)
+@given(u64, st.booleans(), st.binary(max_size=50), st.none() | texts, finite,
+       st.none() | st.floats(0, 1e6))
 def test_pack_execute_response_fast_path_is_byte_identical(
-        request_id: int, ok: bool, data: bytes, error: str | None, timestamp: float) -> None:
-    fast = pack_execute_response(request_id, ok, data, error, timestamp)
-    assert fast == pack(ExecuteResponse(ok, data, error), request_id, timestamp)
+        request_id: int, ok: bool, data: bytes, error: str | None, timestamp: float,
+        took: float | None) -> None:
+    fast = pack_execute_response(request_id, ok, data, error, timestamp, took)
+    assert fast == pack(ExecuteResponse(ok, data, error, took), request_id, timestamp)

@@ -18,7 +18,7 @@ from spear_actors.protocol.codec import (
 from spear_actors.protocol.types import ExecuteResponse, MessageType
 
 
-def _strict(body: bytes) -> tuple[int, bool, bytes, str | None] | None:
+def _strict(body: bytes) -> tuple[int, bool, bytes, str | None, float | None] | None:
     try:
         message = decode(body)
         payload = decode_payload(message)
@@ -27,16 +27,34 @@ def _strict(body: bytes) -> tuple[int, bool, bytes, str | None] | None:
     if message.message_type is not MessageType.EXECUTE_RESPONSE:
         return None
     assert isinstance(payload, ExecuteResponse)
-    return message.request_id, payload.ok, payload.data, payload.error
+    return message.request_id, payload.ok, payload.data, payload.error, payload.processing_time
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 2**64 - 1), st.booleans(), st.binary(max_size=64),
-       st.none() | st.text(max_size=16), st.floats(allow_nan=False, allow_infinity=False))
+       st.none() | st.text(max_size=16), st.floats(allow_nan=False, allow_infinity=False),
+       st.none() | st.floats(0, 1e6))
 def test_agrees_on_valid_responses(request_id: int, ok: bool, data: bytes,
-                                   error: str | None, timestamp: float) -> None:
-    body = pack_execute_response(request_id, ok, data, error, timestamp)
-    assert peek_execute_response(body) == _strict(body) == (request_id, ok, data, error)
+                                   error: str | None, timestamp: float,
+                                   took: float | None) -> None:
+    body = pack_execute_response(request_id, ok, data, error, timestamp, took)
+    assert peek_execute_response(body) == _strict(body) == (request_id, ok, data, error, took)
+
+
+@given(st.sampled_from([0, 3, 2.5, -1, -0.5, float("nan"), float("inf"), "1", None, True]))
+def test_processing_time_is_checked_like_the_strict_path(took: object) -> None:
+    """Ints are accepted for the float (as elsewhere on the wire); negative, non-finite or
+    non-numbers are refused by both paths (the strict one then answers bad_message)."""
+    fields = {"ok": True, "data": b"", "error": None, "processing_time": took}
+    body = msgpack.packb({"message_type": 4, "request_id": 1, "timestamp": 1.0, "version": 1,
+                          "payload": msgpack.packb(fields, use_bin_type=True)},
+                         use_bin_type=True)
+    peeked = peek_execute_response(body)
+    assert peeked == _strict(body)
+    valid = type(took) in (int, float) and 0 <= took < float("inf")  # type: ignore[operator]
+    assert (peeked is not None) == valid
+    if peeked is not None:
+        assert peeked[4] == float(took) and type(peeked[4]) is float  # type: ignore[arg-type]
 
 
 _values = st.recursive(
@@ -50,7 +68,8 @@ _values = st.recursive(
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(st.sampled_from(["message_type", "request_id", "timestamp",
                                         "payload", "version", "x"]), _values, max_size=6),
-       st.dictionaries(st.sampled_from(["ok", "data", "error", "y"]), _values, max_size=4))
+       st.dictionaries(st.sampled_from(["ok", "data", "error", "processing_time", "y"]),
+                       _values, max_size=5))
 def test_never_accepts_what_the_strict_path_refuses(envelope: dict[str, object],
                                                     fields: dict[str, object]) -> None:
     if "payload" in envelope and isinstance(envelope["payload"], bytes):

@@ -94,7 +94,7 @@ def test_instances_that_exit_during_authentication(systems: Systems,
     # the heartbeat and auth timeouts
     wait_until(lambda: only_connection_is(system, echo), AUTH_TIMEOUT + WAIT,
                message="the quitters' connections to be reclaimed")
-    wait_until(lambda: system.metrics()["connections"]["pending"] == 0, WAIT)
+    wait_until(lambda: system.metrics()["connection_totals"]["pending"] == 0, WAIT)
     # each truncated AUTH_REQUEST was refused and counted
     wait_until(lambda: sum(system.metrics()["errors"].values()) - errors_before
                >= GIVE_UP.max_restarts + 1, WAIT, message="the truncated frames to be counted")

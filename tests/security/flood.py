@@ -81,7 +81,7 @@ class _Sampler:
 
     def sample(self) -> dict[str, int]:
         metrics = self.system.metrics()
-        connections: dict[str, int] = metrics["connections"]
+        connections: dict[str, int] = metrics["connection_totals"]
         r = self.result
         r.peak_pending = max(r.peak_pending, connections["pending"])
         r.rss_growth = max(r.rss_growth, self.me.memory_info().rss - self.rss_before)

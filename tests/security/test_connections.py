@@ -49,7 +49,7 @@ def short(**overrides: Any) -> ConnectionConfig:
 
 
 def opened(system: SpearSystem) -> int:
-    return int(system.metrics()["connections"]["total_opened"])
+    return int(system.metrics()["connection_totals"]["total_opened"])
 
 
 def test_oversize_frames_are_refused(systems: Systems, captured_logs: list[Any]) -> None:

@@ -85,7 +85,7 @@ def test_curve_listener_serves_instances_and_ignores_plain_peers(
     assert secret not in environ.values(), "the server's secret key went to an instance"
     assert system.execute(echo, b"over curve", timeout=WAIT) == b"over curve"
     stolen = environ["SPEAR_SECRET"]
-    opened = system.metrics()["connections"]["total_opened"]
+    opened = system.metrics()["connection_totals"]["total_opened"]
 
     # without CURVE, even with valid credentials: no answer, no session
     assert try_auth(system.endpoint, echo, stolen, timeout=SILENCE) is None
@@ -93,7 +93,7 @@ def test_curve_listener_serves_instances_and_ignores_plain_peers(
     wrong = zmq.curve_keypair()[0]
     assert try_auth(system.endpoint, echo, stolen, timeout=SILENCE,
                     curve_server_key=wrong) is None
-    assert system.metrics()["connections"]["total_opened"] == opened
+    assert system.metrics()["connection_totals"]["total_opened"] == opened
     # with the right server key, the protocol's own checks still apply
     events = try_auth(system.endpoint, echo, "wrong-secret-" + "x" * 30,
                       curve_server_key=public.encode())

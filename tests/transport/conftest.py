@@ -66,6 +66,13 @@ OutputT = TypeVar("OutputT")
 ClientT = TypeVar("ClientT", bound=InstanceClient)
 
 
+def untimed(payload: Any) -> Any:
+    """An ExecuteResponse without the handler time the client measured (it varies)."""
+    if isinstance(payload, ExecuteResponse):
+        return replace(payload, processing_time=None)
+    return payload
+
+
 def short_config(**overrides: Any) -> ConnectionConfig:
     """Loopback TCP on a free port, with heartbeats short enough for quick tests."""
     values: dict[str, Any] = {"heartbeat_interval": HEARTBEAT_INTERVAL,
@@ -176,6 +183,8 @@ class ServerHarness:
         assert self.pump is not None
         if self.pump.port is not None:
             env["SPEAR_COMMUNICATION_PORT"] = str(self.pump.port)
+        if self.endpoint.startswith("ipc://"):
+            env["SPEAR_COMMUNICATION_PATH"] = self.endpoint[len("ipc://"):]
         if endpoint:
             env["SPEAR_COMMUNICATION_ENDPOINT"] = self.endpoint
         return env

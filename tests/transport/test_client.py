@@ -3,6 +3,7 @@ reconnecting to a silent or restarted server, long handlers, signals and close, 
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -28,6 +29,7 @@ from .conftest import (
     ServerHarness,
     new_secret,
     short_config,
+    untimed,
 )
 
 
@@ -101,8 +103,9 @@ def test_heartbeats_flow_both_ways(server: ServerHarness, clients: Clients) -> N
 
 # -- a silent or restarted server ---------------------------------------------------------------
 
-def test_silent_server_makes_the_client_reconnect(server: ServerHarness,
-                                                  clients: Clients) -> None:
+def test_silent_server_makes_the_client_reconnect(server: ServerHarness, clients: Clients,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="spear_actors.client")
     secret = server.expect("inst-1")
     client = clients.new(server, "inst-1", secret)
     first_session = client.connect(timeout=WAIT)
@@ -118,6 +121,10 @@ def test_silent_server_makes_the_client_reconnect(server: ServerHarness,
     assert client.session_id == second.session_id != first_session
     assert server.echo("inst-1", b"after") == b"after"
     assert client.reconnects == 1
+    attempts = [r for r in caplog.records if r.name == "spear_actors.client"
+                and r.levelno == logging.WARNING and "reconnect attempt 1/" in r.getMessage()]
+    assert attempts and "inst-1" in attempts[0].getMessage()
+    assert secret not in caplog.text
 
 
 def test_restarted_server_makes_the_client_reauthenticate(
@@ -174,7 +181,11 @@ def test_long_handler_keeps_the_connection(server_factory: Any, spawn: Any) -> N
     reply = server.reply(request_id, timeout=WAIT)
     elapsed = time.monotonic() - started
 
-    assert reply.payload == ExecuteResponse(ok=True, data=b"slept 1.0", error=None)
+    assert isinstance(reply.payload, ExecuteResponse)
+    took = reply.payload.processing_time  # the handler's own time (DESIGN.md section 12)
+    assert reply.payload == ExecuteResponse(ok=True, data=b"slept 1.0", error=None,
+                                            processing_time=took)
+    assert took is not None and sleep <= took < elapsed
     assert elapsed >= sleep
     assert (server.heartbeat_sequence("inst-1") or 0) >= before + 3  # heartbeats went on
     assert not server.outputs(Closed), server.outputs()
@@ -196,7 +207,8 @@ def test_handler_exception_becomes_an_error_response(server: ServerHarness,
     clients.serve(client, handler)
 
     reply = server.call("inst-1", b"bad input", method="fail")
-    assert reply.payload == ExecuteResponse(ok=False, data=b"", error="ValueError: bad input")
+    assert untimed(reply.payload) == ExecuteResponse(ok=False, data=b"",
+                                            error="ValueError: bad input")
     assert server.echo("inst-1", b"ok") == b"ok"
 
 
@@ -242,13 +254,14 @@ def test_drain_finishes_in_flight_requests_first(
     assert entered.wait(WAIT)
     server.signal("inst-1", "drain")
     refused = server.call("inst-1", b"second")  # after the drain signal (same connection)
-    assert refused.payload == ExecuteResponse(ok=False, data=b"",
+    assert untimed(refused.payload) == ExecuteResponse(ok=False, data=b"",
                                               error="instance is draining")
     assert not serving.done.is_set()  # still serving the request in flight
 
     release.set()
-    assert server.reply(in_flight).payload == ExecuteResponse(ok=True, data=b"done first",
-                                                              error=None)
+    assert untimed(server.reply(in_flight).payload) == ExecuteResponse(ok=True,
+                                                                       data=b"done first",
+                                                                       error=None)
     assert serving.wait() == "drain"
     assert server.closed("inst-1").reason == "peer_closed"
 
@@ -291,6 +304,20 @@ def test_from_env_endpoint_falls_back_to_the_port() -> None:
     with_endpoint = InstanceClient.from_env({**ENV, "SPEAR_COMMUNICATION_ENDPOINT":
                                              "ipc:///tmp/x/spear.sock"})
     assert with_endpoint.endpoint == "ipc:///tmp/x/spear.sock"
+
+
+def test_from_env_follows_the_communication_type() -> None:
+    ipc = {k: v for k, v in ENV.items() if k != "SPEAR_COMMUNICATION_PORT"}
+    ipc.update(SPEAR_COMMUNICATION_TYPE="ipc", SPEAR_COMMUNICATION_PATH="/tmp/x/spear.sock")
+    assert InstanceClient.from_env(ipc).endpoint == "ipc:///tmp/x/spear.sock"
+    assert InstanceClient.from_env({**ipc, "SPEAR_COMMUNICATION_ENDPOINT": "tcp://127.0.0.1:9"}
+                                   ).endpoint == "tcp://127.0.0.1:9"  # the endpoint wins
+    assert InstanceClient.from_env({**ENV, "SPEAR_COMMUNICATION_TYPE": ""}).endpoint == \
+        "tcp://127.0.0.1:40123"  # tcp by default
+    with pytest.raises(ConfigError, match="SPEAR_COMMUNICATION_PATH"):
+        InstanceClient.from_env({**ipc, "SPEAR_COMMUNICATION_PATH": ""})
+    with pytest.raises(ConfigError, match="tcp or ipc"):
+        InstanceClient.from_env({**ENV, "SPEAR_COMMUNICATION_TYPE": "udp"})
 
 
 @pytest.mark.parametrize("port", [None, "", "http", "0", "70000"])

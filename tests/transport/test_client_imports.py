@@ -7,14 +7,18 @@ import json
 import subprocess
 import sys
 import sysconfig
+from pathlib import Path
 
 import pytest
 
 ALLOWED_PACKAGES = {"zmq", "msgpack", "spear_actors"}
 FORBIDDEN = {"pykka", "psutil", "loguru"}
 
+ROOT = str(Path(__file__).resolve().parents[2])
+"""This tree: ``-I`` drops PYTHONPATH, and the venv's editable install may point elsewhere."""
 PROBE = """
 import json, sys
+sys.path.insert(0, {root!r})
 before = set(sys.modules)
 import {module}
 print(json.dumps({{name: getattr(sys.modules[name], "__file__", None)
@@ -24,7 +28,7 @@ print(json.dumps({{name: getattr(sys.modules[name], "__file__", None)
 
 def loaded_by(module: str) -> dict[str, str | None]:
     """Modules (name -> file) that importing ``module`` loads in a fresh interpreter."""
-    result = subprocess.run([sys.executable, "-I", "-c", PROBE.format(module=module)],
+    result = subprocess.run([sys.executable, "-I", "-c", PROBE.format(module=module, root=ROOT)],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     loaded: dict[str, str | None] = json.loads(result.stdout)
@@ -40,6 +44,8 @@ def is_stdlib(path: str) -> bool:
 def test_instance_imports_stay_lean(module: str) -> None:
     loaded = loaded_by(module)
     assert module in loaded
+    assert loaded["spear_actors"] == str(Path(ROOT, "spear_actors", "__init__.py"))
+    assert "logging" not in loaded  # the reconnect warning imports it when first needed
     tops = {name.split(".")[0] for name in loaded}
     assert not tops & FORBIDDEN, sorted(tops & FORBIDDEN)
     # modules without a file are built in or made by Cython extensions (cython_runtime)

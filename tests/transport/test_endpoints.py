@@ -144,3 +144,17 @@ def test_ipv6_loopback_binds(router: zmq.Socket[bytes]) -> None:
     except TransportError as exc:  # a host without IPv6
         pytest.skip(f"no IPv6 loopback here: {exc}")
     assert bound.endpoint.startswith("tcp://[::1]:") and bound.port
+
+
+def test_client_reaches_ipc_from_type_and_path_alone(server_factory: Any, spawn: Any) -> None:
+    """A client written from the seed's variables (no SPEAR_COMMUNICATION_ENDPOINT)."""
+    server: ServerHarness = server_factory(short_config(transport="ipc"))
+    secret = server.expect("echo-1")
+    env = server.env("echo-1", secret, endpoint=False)
+    assert "SPEAR_COMMUNICATION_ENDPOINT" not in env
+    assert f"ipc://{env['SPEAR_COMMUNICATION_PATH']}" == server.endpoint
+    child = spawn(*ECHO_MODULE, env=env)
+    server.authenticated("echo-1")
+    assert server.echo("echo-1", b"by path") == b"by path"
+    server.signal("echo-1", "stop")
+    assert child.finish() == 0
