@@ -258,8 +258,14 @@ class SystemConfig:
     service_restart: RestartPolicy = field(default_factory=RestartPolicy)
     """Restart intensity of the service actors and instance supervisors together (DESIGN.md
     section 7): at most ``max_restarts`` within ``window`` seconds, then the system fails."""
+    isolation: Literal["auto", "rlimit"] = "auto"
+    """``auto``: a cgroup per instance where cgroups can be used, else rlimits (DESIGN.md
+    section 9); ``rlimit``: never touch cgroups."""
 
     def __post_init__(self) -> None:
+        if self.isolation not in ("auto", "rlimit"):
+            raise ConfigError("SystemConfig.isolation must be 'auto' or 'rlimit', "
+                              f"got {self.isolation!r}")
         if not isinstance(self.service_restart, RestartPolicy):
             raise ConfigError("SystemConfig.service_restart must be a RestartPolicy")
         if not isinstance(self.connection, ConnectionConfig):

@@ -399,10 +399,12 @@ class InstanceSamples:
         self._samples: dict[str, dict[str, Any]] = {}
 
     def update(self, instance_id: str, cpu_percent: float, rss: int, num_fds: int,
-               now: float) -> None:
-        """Replace ``instance_id``'s sample with one taken at ``now``."""
+               now: float, usage: Mapping[str, Any] | None = None) -> None:
+        """Replace ``instance_id``'s sample with one taken at ``now``; ``usage`` adds
+        ``cpu_seconds``, ``memory_bytes``, ``memory_peak_bytes``, ``pids`` and ``source``
+        (``"cgroup"`` or ``"psutil"``)."""
         self._samples[instance_id] = {"cpu_percent": cpu_percent, "rss": rss,
-                                      "num_fds": num_fds, "sampled_at": now}
+                                      "num_fds": num_fds, "sampled_at": now, **(usage or {})}
 
     def remove(self, instance_id: str) -> None:
         self._samples.pop(instance_id, None)
@@ -435,7 +437,8 @@ class MetricsRegistry:
         execute_latency  {count, p50, p90, p99, max, mean}: seconds since start, None if empty
         throughput       {"messages_in_per_s", "messages_out_per_s", "executes_per_s"} over the
                          last "window_s" seconds before now
-        instances        {instance_id: {cpu_percent, rss, num_fds, sampled_at}}
+        instances        {instance_id: {cpu_percent, rss, num_fds, sampled_at, cpu_seconds,
+                                        memory_bytes, memory_peak_bytes, pids, source}}
         counters         {name: count} from count(name), e.g. late_replies_dropped
         events           {"recorded": appended since start, "dropped": evicted from the ring}
     """
@@ -499,8 +502,8 @@ class MetricsRegistry:
         self.counters.incr(name, n)
 
     def sample_instance(self, instance_id: str, cpu_percent: float, rss: int, num_fds: int,
-                        now: float) -> None:
-        self.instances.update(instance_id, cpu_percent, rss, num_fds, now)
+                        now: float, usage: Mapping[str, Any] | None = None) -> None:
+        self.instances.update(instance_id, cpu_percent, rss, num_fds, now, usage)
 
     def remove_instance(self, instance_id: str) -> None:
         self.instances.remove(instance_id)

@@ -7,7 +7,7 @@ got str 'x'``, so the CLI can refuse a bad file before anything starts.
 
 Layout (all tables optional; see the commented ``spear.toml`` at the repository root)::
 
-    [system]      work_dir, capacity_cpus, capacity_memory, [system.service_restart]
+    [system]      work_dir, capacity_cpus, capacity_memory, isolation, [system.service_restart]
     [connection]  ConnectionConfig fields
     [monitoring]  MonitoringConfig fields
     [[tasks]]     name, command, instances, resources = {ResourceLimits fields},
@@ -51,7 +51,7 @@ __all__ = ["PYTHON_PLACEHOLDER", "SpearFile", "TaskSpec", "load", "parse", "pars
 
 PYTHON_PLACEHOLDER = "{python}"
 _TOP_KEYS = ("connection", "monitoring", "system", "tasks")
-_SYSTEM_KEYS = ("capacity_cpus", "capacity_memory", "service_restart", "work_dir")
+_SYSTEM_KEYS = ("capacity_cpus", "capacity_memory", "isolation", "service_restart", "work_dir")
 _TASK_KEYS = ("instances", "name", "resources")
 _INSTANCE_KEYS = tuple(f.name for f in dataclasses.fields(InstanceConfig) if f.init)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
