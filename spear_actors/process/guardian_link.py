@@ -79,15 +79,14 @@ class GuardianLink:
 
     def guard_cgroup(self, path: str, version: int) -> None:
         """Kill every process in the cgroup ``path`` (and below) and remove it, should this
-        process die; starts the guardian if needed."""
+        process die. Does not start a guardian: the next :meth:`start` (before the first
+        spawn, which is what puts a process in the cgroup) tells it."""
         with self._lock:
             if self._closed:
                 return
             self._cgroups[path] = version
             if self._running_locked():
                 self._send_locked(f"#{version} {path}\n".encode())
-            else:
-                self._restart_locked("not running")
 
     def unguard_cgroup(self, path: str) -> None:
         """``path`` was removed by this process: forget it."""
