@@ -145,6 +145,12 @@ class SpearSystem:
             except FutureTimeout:
                 logger.warning("an instance did not stop before the shutdown deadline")
 
+    def kill_cgroups(self) -> None:
+        """SIGKILL everything in the instances' cgroups and remove them, now, without the
+        actors: for a forced exit (``up``'s second Ctrl-C), which kills the guardian too.
+        Any thread, or a signal handler in the main thread. A no-op without cgroups."""
+        self._isolation.close(tell_guardian=False)
+
     @property
     def isolation(self) -> str:
         """How instance limits are enforced: ``cgroup v2``, ``cgroup v1`` or ``rlimit``."""

@@ -234,18 +234,19 @@ class Isolation:
             return None
         return InstanceCgroup.create(self.layout.version, self.roots, name, limits)
 
-    def close(self) -> bool:
+    def close(self, *, tell_guardian: bool = True) -> bool:
         """Kill whatever is left in the spearlet's cgroups and remove them; True if all went.
-        Idempotent; call after the instances were stopped."""
-        if self._closed or self.layout is None:
+        Idempotent; call after the instances were stopped. ``tell_guardian=False`` takes no
+        lock (for a signal handler: the guardian is about to be killed anyway)."""
+        if self.layout is None or (self._closed and tell_guardian):
             self._closed = True
-            return True
+            return True  # (a forced close runs again: it may interrupt a graceful one)
         self._closed = True
         kill_cgroups(dict.fromkeys(self.paths, self.layout.version))
         ok = True
         for path in self.paths:
             if remove_cgroups(path, 2.0):
-                if self._watcher is not None:
+                if self._watcher is not None and tell_guardian:
                     self._watcher.unguard_cgroup(path)
             else:
                 ok = False
