@@ -20,6 +20,7 @@ distinct names: no lock needed). Linux only.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
@@ -260,8 +261,16 @@ def _delegate_v2(layout: Layout, roots: Mapping[str, str]) -> None:
     base = next(iter(layout.bases.values()))
     root = next(iter(roots.values()))
     for path in (base, root):
-        with open(os.path.join(path, "cgroup.subtree_control"), "w") as f:
-            f.write(controllers)  # EBUSY if base holds processes and is not the root cgroup
+        try:
+            with open(os.path.join(path, "cgroup.subtree_control"), "w") as f:
+                f.write(controllers)
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:  # cgroup v2: no processes in an inner cgroup
+                raise OSError(exc.errno, f"{path} holds processes (this spearlet among "
+                              "them) and cgroup v2 hands controllers only to the children of "
+                              "a cgroup without processes (moving the spearlet into a leaf "
+                              "of its own is not implemented)") from None
+            raise
 
 
 def _inherit_cpuset(root: str) -> None:

@@ -136,7 +136,11 @@ def test_a_busy_loop_with_cpus_0_2_uses_about_a_fifth_of_a_core(isolation: Isola
         assert holds_for(lambda: proc.poll() is None, 2.0)
         used = group.usage()["cpu_seconds"] - before
         share = used / (time.monotonic() - started)
-        assert 0.08 < share < 0.35, f"{share:.2f} of a core"
+        # about 0.2: never much more (the quota), less only if the machine is overloaded
+        assert 0.04 < share < 0.3, f"{share:.2f} of a core"
+        cpu_dir = group.dirs.get("cpu", group.path)
+        throttled = (Path(cpu_dir) / "cpu.stat").read_text().split()
+        assert int(throttled[throttled.index("nr_throttled") + 1]) > 0  # the quota acted
     finally:
         kill_and_reap(group, proc)
     assert group.remove()
