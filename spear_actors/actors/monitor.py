@@ -154,6 +154,9 @@ class MonitorActor(ServiceActor):
                     cgroup = self._cgroups.get(instance_id)
                     usage = (dict(cgroup.usage(), source="cgroup") if cgroup is not None
                              else _psutil_usage(proc, rss))
+                    if usage["cpu_seconds"] is None:  # no CPU group of its own (no quota)
+                        times = proc.cpu_times()
+                        usage["cpu_seconds"] = times.user + times.system
             except psutil.Error:
                 self._processes.pop(instance_id, None)
                 continue

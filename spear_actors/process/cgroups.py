@@ -13,9 +13,14 @@ ONE warning and :attr:`Isolation.mode` is ``"rlimit"``: :func:`~spear_actors.pro
 then applies rlimits as before. :meth:`Isolation.create` makes one
 :class:`~.instance_cgroup.InstanceCgroup` per instance generation below that root.
 
+CPU fairness: a CFS group weighs as much as one process against its siblings, so only
+instances with a ``cpus`` quota get a CPU group (v1), and the spearlet's CPU group is given
+the weight of as many processes as it holds such groups (v2: every instance has one).
+
 Threads: :meth:`Isolation.start` and :meth:`Isolation.close` run in the thread that starts and
-shuts down the system; :meth:`Isolation.create` in instance actors' threads (directories of
-distinct names: no lock needed). Linux only.
+shuts down the system; :meth:`Isolation.create` and the removal of instance cgroups in
+instance actors' threads (directories of distinct names; one lock for the CPU weight). Linux
+only.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import errno
 import itertools
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -163,6 +169,8 @@ class Isolation:
         """Why cgroups are not used (``mode == "rlimit"``), else None."""
         self._watcher = watcher
         self._closed = False
+        self._lock = threading.Lock()  # guards _weighed (instance actors' threads)
+        self._weighed = 0  # live instance cgroups that have a CPU group of their own
 
     def __repr__(self) -> str:
         return f"<Isolation {self.mode} {self.paths}>"
@@ -233,7 +241,32 @@ class Isolation:
         written; None in rlimit mode. Raises OSError if it cannot be made. Any thread."""
         if self.layout is None or self._closed:
             return None
-        return InstanceCgroup.create(self.layout.version, self.roots, name, limits)
+        group = InstanceCgroup.create(self.layout.version, self.roots, name, limits)
+        if "cpu" in group.dirs:
+            group.on_removed = self._unweigh
+            self._reweigh(+1)
+        return group
+
+    def _unweigh(self, _group: InstanceCgroup) -> None:
+        self._reweigh(-1)
+
+    def _reweigh(self, change: int) -> None:
+        """Give the spearlet's CPU group the weight of as many processes as it holds CPU
+        groups of instances (each weighs one process's worth): under it, instances compete
+        for the CPU as they would as plain processes, not as one process all together."""
+        assert self.layout is not None
+        with self._lock:
+            self._weighed = max(0, self._weighed + change)
+            n = max(1, self._weighed)
+            if self.layout.version == 2:
+                name, value = "cpu.weight", min(10_000, 100 * n)
+            else:
+                name, value = "cpu.shares", min(262_144, 1024 * n)
+            try:
+                with open(os.path.join(self.roots["cpu"], name), "w") as f:
+                    f.write(str(value))
+            except OSError as exc:  # a missing file (old kernel): only fairness suffers
+                logger.debug("cannot set {} of the spearlet's cgroup: {}", name, exc)
 
     def close(self, *, tell_guardian: bool = True) -> bool:
         """Kill whatever is left in the spearlet's cgroups and remove them; True if all went.

@@ -7,8 +7,9 @@ reads or writes of cgroupfs and is safe from any thread: the instance actor kill
 it, the ProcessWatcher-driven :class:`~spear_actors.process.ManagedProcess` stops kill it, the
 MonitorActor samples :meth:`~InstanceCgroup.usage`.
 
-cgroup v1 keeps one directory per hierarchy (memory, cpu, cpuacct, cpuset, pids, freezer);
-v2 one directory for all controllers. Files used, v1 / v2:
+cgroup v1 keeps one directory per hierarchy (memory, cpuacct, pids, freezer; cpu only with a
+``cpus`` quota and cpuset only with an affinity, see :func:`_joins_v1`); v2 one directory for
+all controllers. Files used, v1 / v2:
 
 =========== ======================================== ===================================
 limit/usage v1                                       v2
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..config import ResourceLimits
@@ -87,6 +88,21 @@ def _write(path: str, value: str) -> None:
         raise OSError(exc.errno, f"cannot write {value!r} to {path}: {exc.strerror}") from None
 
 
+def _joins_v1(controller: str, roots: Mapping[str, str], limits: ResourceLimits) -> bool:
+    """Whether the instance gets a cgroup of its own in this v1 hierarchy.
+
+    Not in ``cpu`` without a quota: a CFS group weighs as much as ONE process against its
+    siblings, so instances in groups of their own, all under the spearlet's, would share one
+    process's worth of CPU when the machine is busy (20 instances starting at once took 3-4
+    times longer). Not in ``cpuset`` without an affinity (nothing to enforce). A hierarchy
+    co-mounted with ``cpu`` (``cpu,cpuacct``) follows ``cpu``."""
+    if controller == "cpuset":
+        return limits.cpu_affinity is not None
+    if controller == "cpu" or roots.get(controller) == roots.get("cpu"):
+        return limits.cpus is not None
+    return True
+
+
 class InstanceCgroup:
     """The cgroup of one instance generation (see the module docstring)."""
 
@@ -98,6 +114,8 @@ class InstanceCgroup:
         self.limits = limits
         self.handles_affinity = handles_affinity
         """True if ``limits.cpu_affinity`` is a cpuset here (else: sched_setaffinity)."""
+        self.on_removed: Callable[[InstanceCgroup], None] | None = None
+        """Called once, by the first :meth:`remove` (its owner's bookkeeping)."""
 
     def __repr__(self) -> str:
         return f"<InstanceCgroup v{self.version} {self.path}>"
@@ -109,7 +127,8 @@ class InstanceCgroup:
 
         A directory left by a generation of the same name is emptied and replaced. Raises
         OSError (nothing is left behind then)."""
-        dirs = {ctrl: os.path.join(root, name) for ctrl, root in roots.items()}
+        dirs = {ctrl: os.path.join(root, name) for ctrl, root in roots.items()
+                if version == 2 or _joins_v1(ctrl, roots, limits)}
         handles_affinity = "cpuset" in dirs
         group = cls(version, dirs, limits, handles_affinity)
         try:
@@ -245,4 +264,8 @@ class InstanceCgroup:
         """Kill what is left and remove the directories; True if none is left. Idempotent."""
         if any(os.path.isdir(p) for p in self.paths) and self.members():
             self.kill()
-        return all([remove_cgroups(path, timeout) for path in self.paths])
+        done = all([remove_cgroups(path, timeout) for path in self.paths])
+        callback, self.on_removed = self.on_removed, None
+        if callback is not None:
+            callback(self)
+        return done

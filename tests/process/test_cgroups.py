@@ -147,6 +147,22 @@ def test_a_busy_loop_with_cpus_0_2_uses_about_a_fifth_of_a_core(isolation: Isola
 
 
 @needs_cgroups
+def test_only_instances_with_a_quota_get_a_cpu_group_and_each_weighs_one_process(
+        isolation: Isolation) -> None:
+    plain = isolation.create("plain-1-1", ResourceLimits(memory_bytes=64 << 20))
+    quota = [isolation.create(f"quota-{i}-1", ResourceLimits(cpus=0.5)) for i in (1, 2)]
+    assert plain is not None and all(q is not None and "cpu" in q.dirs for q in quota)
+    assert plain.version == 2 or "cpu" not in plain.dirs  # v1: no CPU group of its own
+    v2 = plain.version == 2
+    weight = Path(isolation.roots["cpu"], "cpu.weight" if v2 else "cpu.shares")
+    unit = 100 if v2 else 1024
+    assert int(weight.read_text()) == unit * (3 if v2 else 2)
+    for group in (plain, *quota):
+        assert group is not None and group.remove()
+    assert int(weight.read_text()) == unit
+
+
+@needs_cgroups
 def test_kill_takes_a_process_that_left_the_session_and_was_orphaned(
         isolation: Isolation) -> None:
     group = isolation.create("escape-1-1", ResourceLimits())
