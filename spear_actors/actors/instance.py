@@ -5,6 +5,12 @@ the process watcher thread reports the exit with a ``tell``, the ConnectionActor
 and connection loss, the scheduler reports the startup deadline. The actor never blocks on
 the process: stopping and killing run in short-lived helper threads.
 
+Each generation runs in a cgroup of its own where the system has cgroups (``Deps.isolation``,
+DESIGN.md section 9): made before the spawn, killed whole and removed (this actor's thread,
+bounded) when the process has ended. ``InstanceExited`` carries a ``cause`` (``oom`` when the
+OOM killer SIGKILLed it, with the limit in the reason and the peak memory; ``stopped``,
+``exit``, ``signal``, or the reason the actor killed it, e.g. ``heartbeat_timeout``).
+
 States: STARTING -> CONNECTING -> READY <-> (BUSY is the task manager's view) ->
 UNHEALTHY (heartbeat lost: killed) / STOPPING (operator) -> exit reported to the supervisor,
 which decides RESTARTING, STOPPED or FAILED.
