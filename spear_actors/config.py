@@ -182,18 +182,37 @@ class RestartPolicy:
 
 @dataclass(frozen=True, kw_only=True)
 class ResourceLimits:
-    """What one instance may use. ``cpus``/``memory_bytes`` also count for admission."""
+    """What one instance may use. ``cpus``/``memory_bytes`` also count for admission.
+
+    Enforced by the kernel (DESIGN.md section 9): in a cgroup of its own where cgroups can be
+    used, ``memory_bytes`` caps resident memory, ``cpus`` is a CPU quota (0.5 = half a core),
+    ``max_processes`` a pids limit and ``cpu_affinity`` a cpuset; otherwise rlimits
+    (``memory_bytes`` then caps address space). ``network="none"`` runs the instance in a
+    network namespace of its own with no interface up (it needs the ``ipc`` transport).
+    """
 
     cpus: float | None = None
     memory_bytes: int | None = None
     cpu_affinity: tuple[int, ...] | None = None
     max_open_files: int | None = None
     nice: int | None = None
+    max_processes: int | None = None
+    """Processes and threads the instance may have at once (cgroup pids limit)."""
+    network: Literal["host", "none"] = "host"
 
     def __post_init__(self) -> None:
-        for name in ("cpus", "memory_bytes", "max_open_files"):
+        for name in ("cpus", "memory_bytes", "max_open_files", "max_processes"):
             if getattr(self, name) is not None:
                 _positive(self, name)
+        for name in ("memory_bytes", "max_open_files", "max_processes"):
+            if not isinstance(getattr(self, name), (int, type(None))):
+                raise ConfigError(f"ResourceLimits.{name} must be a whole number, "
+                                  f"got {getattr(self, name)!r}")
+        if self.cpus is not None and self.cpus < 0.01:
+            raise ConfigError(f"ResourceLimits.cpus must be at least 0.01, got {self.cpus!r}")
+        if self.network not in ("host", "none"):
+            raise ConfigError("ResourceLimits.network must be 'host' or 'none', "
+                              f"got {self.network!r}")
         if self.cpu_affinity is not None:
             object.__setattr__(self, "cpu_affinity", tuple(self.cpu_affinity))
             if not self.cpu_affinity or not all(
@@ -254,8 +273,14 @@ class SystemConfig:
     service_restart: RestartPolicy = field(default_factory=RestartPolicy)
     """Restart intensity of the service actors and instance supervisors together (DESIGN.md
     section 7): at most ``max_restarts`` within ``window`` seconds, then the system fails."""
+    isolation: Literal["auto", "rlimit"] = "auto"
+    """``auto``: a cgroup per instance where cgroups can be used, else rlimits (DESIGN.md
+    section 9); ``rlimit``: never touch cgroups."""
 
     def __post_init__(self) -> None:
+        if self.isolation not in ("auto", "rlimit"):
+            raise ConfigError("SystemConfig.isolation must be 'auto' or 'rlimit', "
+                              f"got {self.isolation!r}")
         if not isinstance(self.service_restart, RestartPolicy):
             raise ConfigError("SystemConfig.service_restart must be a RestartPolicy")
         if not isinstance(self.connection, ConnectionConfig):

@@ -208,7 +208,7 @@ def tree_from_dict(data: Mapping[str, Any]) -> SupervisionTree:
                            instances=nodes, taken_at=float(data.get("taken_at", time.time())),
                            tasks={**tasks, "instances": in_flight},
                            service_restarts=dict(runtime.get("service_restarts") or {}),
-                           failed=runtime.get("failed"))
+                           failed=runtime.get("failed"), isolation=runtime.get("isolation"))
 
 
 def _fields(cls: type[Any], data: Mapping[str, Any]) -> dict[str, Any]:
@@ -436,7 +436,8 @@ class ControlServer:
         self._wake()
 
     def _op_ping(self, args: Mapping[str, Any]) -> Any:
-        return {"pid": os.getpid(), "listener": self.system.endpoint, "time": time.time()}
+        return {"pid": os.getpid(), "listener": self.system.endpoint, "time": time.time(),
+                "isolation": self.system.isolation}
 
     def _op_tree(self, args: Mapping[str, Any]) -> Any:
         return self.system.tree().to_dict()

@@ -41,6 +41,9 @@ class SupervisionTree:
     service_restarts: dict[str, int] | None = None
     failed: str | None = None
     """Why the system gave up (DESIGN.md section 7), or None."""
+    isolation: str | None = None
+    """How instance limits are enforced (DESIGN.md section 9): ``cgroup v2``, ``cgroup v1``
+    or ``rlimit``."""
 
     @classmethod
     def from_snapshots(cls, runtime: dict[str, Any], tasks: dict[str, Any] | None
@@ -49,7 +52,7 @@ class SupervisionTree:
                    instances=list(runtime["instances"]), taken_at=time.time(),
                    tasks=dict(tasks or {}),
                    service_restarts=dict(runtime.get("service_restarts") or {}),
-                   failed=runtime.get("failed"))
+                   failed=runtime.get("failed"), isolation=runtime.get("isolation"))
 
     def to_dict(self) -> dict[str, Any]:
         in_flight = self.tasks.get("instances", {})
@@ -69,7 +72,7 @@ class SupervisionTree:
         return {"endpoint": self.endpoint, "taken_at": self.taken_at,
                 "runtime": {"alive": True, "services": dict(self.services),
                             "service_restarts": dict(self.service_restarts or {}),
-                            "failed": self.failed},
+                            "failed": self.failed, "isolation": self.isolation},
                 "tasks": {"pending": self.tasks.get("pending", 0),
                           "queued": self.tasks.get("queued", 0)},
                 "instances": nodes}
@@ -77,6 +80,8 @@ class SupervisionTree:
     def __repr__(self) -> str:
         data = self.to_dict()
         root = f"└── RuntimeActor [{'FAILED: ' + self.failed if self.failed else 'alive'}]"
+        if self.isolation:
+            root += f" isolation {self.isolation}"
         lines = [f"SpearSystem {self.endpoint or ''}".rstrip(), root]
         services = list(self.services.items())
         entries: list[tuple[str, list[str]]] = []

@@ -11,11 +11,14 @@ import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .config import InstanceConfig, ResourceLimits
 from .records import InstanceInfo, InstanceState
 from .transport.router import Inbound
+
+if TYPE_CHECKING:
+    from .process.instance_cgroup import InstanceCgroup
 
 ActorRef = Any  # pykka.ActorRef[Any]; kept loose so this module imports no pykka
 
@@ -395,8 +398,11 @@ class ConnectionCounts:
 
 @dataclass(frozen=True)
 class TrackProcess:
+    """Sample this instance's usage (``pid`` None: stop); from its cgroup if it has one."""
+
     instance_id: str
     pid: int | None
+    cgroup: InstanceCgroup | None = None
 
 
 @dataclass(frozen=True)

@@ -417,12 +417,12 @@ class InstanceSamples:
         self._samples: dict[str, dict[str, Any]] = {}
 
     def update(self, instance_id: str, cpu_percent: float, rss: int, num_fds: int,
-               now: float, cpu_seconds: float | None = None) -> None:
-        """Replace ``instance_id``'s sample with one taken at ``now`` (``cpu_seconds``: user +
-        system time the process used so far)."""
+               now: float, usage: Mapping[str, Any] | None = None) -> None:
+        """Replace ``instance_id``'s sample with one taken at ``now``; ``usage`` adds
+        ``cpu_seconds``, ``memory_bytes``, ``memory_peak_bytes``, ``pids`` and ``source``
+        (``"cgroup"`` or ``"psutil"``)."""
         self._samples[instance_id] = {"cpu_percent": cpu_percent, "rss": rss,
-                                      "num_fds": num_fds, "sampled_at": now,
-                                      "cpu_seconds": cpu_seconds}
+                                      "num_fds": num_fds, "sampled_at": now, **(usage or {})}
 
     def remove(self, instance_id: str) -> None:
         self._samples.pop(instance_id, None)
@@ -459,7 +459,8 @@ class MetricsRegistry:
         execute_latency  {count, p50, p90, p99, max, mean}: seconds since start, None if empty
         throughput       {"messages_in_per_s", "messages_out_per_s", "executes_per_s"} over the
                          last "window_s" seconds before now
-        instances        {instance_id: {cpu_percent, rss, num_fds, sampled_at, cpu_seconds}
+        instances        {instance_id: {cpu_percent, rss, num_fds, sampled_at, cpu_seconds,
+                                        memory_bytes, memory_peak_bytes, pids, source}
                          (while sampled), "latency": {queue, transport, handler: {p50, p99,
                          max}} (once it answered)}
         execute_histogram {task: {buckets: [[le, cumulative count]...], sum, count}}
@@ -531,8 +532,8 @@ class MetricsRegistry:
         self.counters.incr(name, n)
 
     def sample_instance(self, instance_id: str, cpu_percent: float, rss: int, num_fds: int,
-                        now: float, cpu_seconds: float | None = None) -> None:
-        self.instances.update(instance_id, cpu_percent, rss, num_fds, now, cpu_seconds)
+                        now: float, usage: Mapping[str, Any] | None = None) -> None:
+        self.instances.update(instance_id, cpu_percent, rss, num_fds, now, usage)
 
     def remove_instance(self, instance_id: str) -> None:
         self.instances.remove(instance_id)

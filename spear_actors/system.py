@@ -44,7 +44,7 @@ from .messages import (
     Submission,
     WatchState,
 )
-from .process import ProcessWatcher
+from .process import Isolation, ProcessWatcher
 from .records import ConnectionState, Event, InstanceInfo, InstanceState
 from .scheduler import Scheduler
 
@@ -67,6 +67,8 @@ class SpearSystem:
         self.work_dir = config.work_dir or tempfile.mkdtemp(prefix="spear-work-")
         self._scheduler = Scheduler()
         self._watcher = ProcessWatcher()
+        self._isolation = Isolation.start(watcher=self._watcher,
+                                          enabled=config.isolation == "auto")
         self._runtime: pykka.ActorRef[Any] | None = None
         self._intake: SubmissionQueue | None = None
         self._children = ActorSet()
@@ -90,7 +92,7 @@ class SpearSystem:
 
     def _boot(self) -> None:
         runtime = RuntimeActor.start(self.config, self.work_dir, self._scheduler,
-                                     self._watcher, self._escalated)
+                                     self._watcher, self._escalated, self._isolation)
         self._runtime = runtime
         boot: BootInfo = self._ask(runtime, Boot())
         self.endpoint, self.port = boot.endpoint, boot.port
@@ -117,7 +119,8 @@ class SpearSystem:
                 runtime.stop(timeout=ASK_TIMEOUT)  # stops the services, reverse start order
             except (pykka.ActorDeadError, pykka.Timeout):
                 pass
-        self._watcher.stop()
+        self._isolation.close()  # what an instance left in its cgroup dies here, or by the
+        self._watcher.stop()     # guardian (closed by the watcher) if this is interrupted
         self._scheduler.stop()
         if self._owns_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -141,6 +144,17 @@ class SpearSystem:
                 future.result(timeout=max(0.1, deadline - time.monotonic()))
             except FutureTimeout:
                 logger.warning("an instance did not stop before the shutdown deadline")
+
+    def kill_cgroups(self) -> None:
+        """SIGKILL everything in the instances' cgroups and remove them, now, without the
+        actors: for a forced exit (``up``'s second Ctrl-C), which kills the guardian too.
+        Any thread, or a signal handler in the main thread. A no-op without cgroups."""
+        self._isolation.close(tell_guardian=False)
+
+    @property
+    def isolation(self) -> str:
+        """How instance limits are enforced: ``cgroup v2``, ``cgroup v1`` or ``rlimit``."""
+        return self._isolation.mode
 
     @property
     def failure(self) -> SystemFailed | None:

@@ -7,13 +7,14 @@ got str 'x'``, so the CLI can refuse a bad file before anything starts.
 
 Layout (all tables optional; see the commented ``spear.toml`` at the repository root)::
 
-    [system]      work_dir, capacity_cpus, capacity_memory, [system.service_restart]
+    [system]      work_dir, capacity_cpus, capacity_memory, isolation, [system.service_restart]
     [connection]  ConnectionConfig fields
     [monitoring]  MonitoringConfig fields
     [[tasks]]     name, command, instances, resources = {ResourceLimits fields},
                   and the InstanceConfig fields (env, restart = {RestartPolicy fields}, ...)
 
-Conveniences: sizes (``capacity_memory``, ``resources.memory_bytes``) may be strings such as
+Conveniences: sizes (``capacity_memory``, ``resources.memory_bytes`` or its short spelling
+``resources.memory``) may be strings such as
 ``"512MiB"``; relative ``work_dir``/``working_dir`` and a relative ``command[0]`` containing a
 ``/`` are taken relative to the file's directory; a ``command`` element ``"{python}"`` stands
 for the interpreter running spear-actors (so instances get its packages).
@@ -50,7 +51,7 @@ __all__ = ["PYTHON_PLACEHOLDER", "SpearFile", "TaskSpec", "load", "parse", "pars
 
 PYTHON_PLACEHOLDER = "{python}"
 _TOP_KEYS = ("connection", "monitoring", "system", "tasks")
-_SYSTEM_KEYS = ("capacity_cpus", "capacity_memory", "service_restart", "work_dir")
+_SYSTEM_KEYS = ("capacity_cpus", "capacity_memory", "isolation", "service_restart", "work_dir")
 _TASK_KEYS = ("instances", "name", "resources")
 _INSTANCE_KEYS = tuple(f.name for f in dataclasses.fields(InstanceConfig) if f.init)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -190,7 +191,12 @@ def _task(entry: object, where: str, base_dir: str) -> TaskSpec:
         raise ConfigError(f"{where}.resources: expected a table, got "
                           f"{type(resources).__name__}")
     resources = dict(resources)
-    if "memory_bytes" in resources:
+    if "memory" in resources:  # the short spelling of memory_bytes
+        if "memory_bytes" in resources:
+            raise ConfigError(f"{where}.resources: give memory or memory_bytes, not both")
+        resources["memory_bytes"] = parse_size(resources.pop("memory"),
+                                               f"{where}.resources.memory")
+    elif "memory_bytes" in resources:
         resources["memory_bytes"] = parse_size(resources["memory_bytes"],
                                                f"{where}.resources.memory_bytes")
     limits = from_mapping(ResourceLimits, resources, f"{where}.resources")

@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import child_processes, wait_until
+from helpers import child_processes, spear_cgroup_dirs, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -36,6 +36,24 @@ def no_child_processes_left() -> Iterator[None]:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(p.pid, os.WNOHANG)
         pytest.fail(f"test left child processes behind: {described}")
+
+
+@pytest.fixture(autouse=True)
+def no_cgroups_left() -> Iterator[None]:
+    """Fail the test if it leaves a ``spear*`` cgroup directory that was not there before
+    (the cgroups of a spearlet go when it shuts down, or with its guardian if it is killed)."""
+    before = spear_cgroup_dirs()
+    yield
+    try:
+        wait_until(lambda: not spear_cgroup_dirs() - before, timeout=5.0,
+                   message="spear cgroups to be removed")
+    except AssertionError:
+        left = sorted(spear_cgroup_dirs() - before)
+        for path in left:  # children first
+            for dirpath, _dirs, _files in sorted(os.walk(path), key=lambda w: -len(w[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+        pytest.fail(f"test left cgroups behind: {left}")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -46,4 +47,33 @@ def child_processes() -> dict[tuple[int, float], psutil.Process]:
     for p in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):
             found[(p.pid, p.create_time())] = p
+    return found
+
+
+def spear_cgroup_dirs() -> set[str]:
+    """Every ``spear*`` directory in this process's own cgroup, in every mounted hierarchy
+    (cgroup v1 and v2): where a spearlet started by this process (or a child of it, which
+    inherits the cgroups) makes its cgroups."""
+    own: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            parts = line.strip().split(":", 2)
+            if len(parts) == 3:
+                for controller in parts[1].split(",") if parts[1] else [""]:
+                    own[controller] = parts[2]
+    found: set[str] = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+                continue
+            keys = [""] if tail[0] == "cgroup2" else tail[2].split(",")
+            path = next((own[k] for k in keys if k in own), None)
+            if path is None:
+                continue
+            base = os.path.join(fields[4], path.lstrip("/"))
+            with contextlib.suppress(OSError):
+                found.update(os.path.join(base, name) for name in os.listdir(base)
+                             if name.startswith("spear"))
     return found

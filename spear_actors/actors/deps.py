@@ -15,7 +15,7 @@ from typing import Any
 
 import pykka
 
-from ..process import ProcessWatcher
+from ..process import Isolation, ProcessWatcher
 from ..scheduler import Scheduler
 
 __all__ = ["ActorSet", "Deps", "ListenerInfo", "ServiceHandle", "ServiceLink", "Services",
@@ -122,6 +122,8 @@ class Deps:
     watcher: ProcessWatcher
     listener: ListenerInfo
     children: ActorSet = field(default_factory=ActorSet, compare=False)
+    isolation: Isolation | None = None
+    """The spearlet's cgroups (None, or mode ``rlimit``: instances get no cgroup)."""
 
     @property
     def connection(self) -> ServiceHandle:

@@ -5,6 +5,12 @@ the process watcher thread reports the exit with a ``tell``, the ConnectionActor
 and connection loss, the scheduler reports the startup deadline. The actor never blocks on
 the process: stopping and killing run in short-lived helper threads.
 
+Each generation runs in a cgroup of its own where the system has cgroups (``Deps.isolation``,
+DESIGN.md section 9): made before the spawn, killed whole and removed (this actor's thread,
+bounded) when the process has ended. ``InstanceExited`` carries a ``cause`` (``oom`` when the
+OOM killer SIGKILLed it, with the limit in the reason and the peak memory; ``stopped``,
+``exit``, ``signal``, or the reason the actor killed it, e.g. ``heartbeat_timeout``).
+
 States: STARTING -> CONNECTING -> READY <-> (BUSY is the task manager's view) ->
 UNHEALTHY (heartbeat lost: killed) / STOPPING (operator) -> exit reported to the supervisor,
 which decides RESTARTING, STOPPED or FAILED.
@@ -51,7 +57,7 @@ from ..messages import (
     StopProcess,
     TrackProcess,
 )
-from ..process import ManagedProcess, build_env, spawn
+from ..process import InstanceCgroup, ManagedProcess, build_env, spawn
 from ..records import InstanceInfo, InstanceState
 from ..scheduler import TimerHandle
 from .deps import Deps, safe_tell
@@ -87,6 +93,7 @@ class InstanceActor(pykka.ThreadingActor):
         deps.children.add(self.actor_ref)
         self.state = InstanceState.CREATING
         self._proc: ManagedProcess | None = None
+        self._cgroup: InstanceCgroup | None = None
         self._connection_id: str | None = None
         self._session_id: str | None = None
         self._routing_id: bytes | None = None
@@ -126,6 +133,7 @@ class InstanceActor(pykka.ThreadingActor):
         self._cancel_timer()
         if self._proc is not None and self._proc.returncode is None:
             self._proc.kill_tree()
+        self._remove_cgroup()
         self._unroute()
         safe_tell(self._deps.connection, ForgetInstance(self.instance_id, self.generation,
                                                         "instance_crashed"))
@@ -159,13 +167,23 @@ class InstanceActor(pykka.ThreadingActor):
         def on_exit(code: int) -> None:  # runs in the watcher thread
             safe_tell(ref, ProcessExited(holder[0] if holder else -1, code))
 
-        self._proc = spawn(argv=self.argv, env=env, cwd=self.cwd, limits=self.limits,
-                           instance_id=self.instance_id, on_exit=on_exit,
-                           watcher=deps.watcher)
+        if deps.isolation is not None:
+            try:
+                self._cgroup = deps.isolation.create(
+                    f"{self.instance_id}-{self.generation}", self.limits)
+            except OSError as exc:
+                raise SpawnError(f"cannot make the cgroup of {self.instance_id}: {exc}") from exc
+        try:
+            self._proc = spawn(argv=self.argv, env=env, cwd=self.cwd, limits=self.limits,
+                               instance_id=self.instance_id, on_exit=on_exit,
+                               watcher=deps.watcher, cgroup=self._cgroup)
+        except BaseException:
+            self._remove_cgroup()
+            raise
         holder.append(self._proc.pid)
         self._started_at = time.time()
         self._log.info("started pid {} (generation {})", self._proc.pid, self.generation)
-        safe_tell(deps.monitor, TrackProcess(self.instance_id, self._proc.pid))
+        safe_tell(deps.monitor, TrackProcess(self.instance_id, self._proc.pid, self._cgroup))
         self._event("InstanceStarted", pid=self._proc.pid, generation=self.generation)
         self._set_state(InstanceState.CONNECTING)
         self._startup_timer = deps.scheduler.call_later(
@@ -243,7 +261,7 @@ class InstanceActor(pykka.ThreadingActor):
         if self._stopping or self._reported or proc is None or proc.returncode is not None:
             return
         if service == "monitor":
-            safe_tell(self._deps.monitor, TrackProcess(self.instance_id, proc.pid))
+            safe_tell(self._deps.monitor, TrackProcess(self.instance_id, proc.pid, self._cgroup))
         elif service == "tasks":
             if self._routing_id is not None and self.state is InstanceState.READY:
                 self._route(InstanceState.READY)
@@ -304,20 +322,42 @@ class InstanceActor(pykka.ThreadingActor):
             # whatever the instance left behind (children that outlived it) dies with it,
             # before the supervisor starts the next generation; instant when nothing is left
             self._proc.kill_tree()
+        extra: dict[str, Any] = {}
+        oom = False
+        cgroup = self._cgroup
+        if cgroup is not None:
+            oom_kills = cgroup.oom_kills()
+            extra = {"memory_peak_bytes": cgroup.peak_bytes(), "oom_kills": oom_kills,
+                     "memory_limit_bytes": self.limits.memory_bytes}
+            oom = oom_kills > 0 and exit_code == -9  # SIGKILLed, and by the OOM killer
+            self._remove_cgroup()
         if self._stopping:
-            reason, abnormal = "stopped", False
+            reason, abnormal, cause = "stopped", False, "stopped"
+        elif oom and cgroup is not None:
+            reason, abnormal, cause = (
+                f"killed by the OOM killer ({cgroup.describe_limit()})", True, "oom")
+            self._exit_reason = reason
         elif self._exit_reason is not None:
             reason, abnormal = self._exit_reason, True
+            cause = reason.split(":")[0].replace(" ", "_")  # heartbeat_timeout, spawn_failed
         else:
             reason = f"exited with code {exit_code}"
             abnormal = exit_code != 0
-        self._event("InstanceExited", exit_code=exit_code, reason=reason,
-                    pid=self._proc.pid if self._proc else None, generation=self.generation)
+            cause = "signal" if exit_code is not None and exit_code < 0 else "exit"
+        self._event("InstanceExited", exit_code=exit_code, reason=reason, cause=cause,
+                    pid=self._proc.pid if self._proc else None, generation=self.generation,
+                    **extra)
         self._log.info("process ended: {}", reason)
         safe_tell(self._supervisor, ChildExited(self.generation, exit_code, reason, abnormal))
         self.actor_ref.stop(block=False)
 
     # -- helpers -------------------------------------------------------------------------------
+    def _remove_cgroup(self) -> None:
+        """Kill what is left in this generation's cgroup and remove it (blocks <= ~1 s)."""
+        cgroup, self._cgroup = self._cgroup, None
+        if cgroup is not None and not cgroup.remove():
+            self._log.warning("cgroup {} could not be removed", cgroup.path)
+
     def info(self) -> InstanceInfo:
         proc = self._proc
         exited = proc is not None and proc.returncode is not None

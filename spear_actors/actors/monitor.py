@@ -1,4 +1,8 @@
-"""MonitorActor (the seed's MonitoringService): events ring, metrics, psutil sampling.
+"""MonitorActor (the seed's MonitoringService): events ring, metrics, resource sampling.
+
+Each tracked instance is sampled every ``collection_interval``: cpu %, rss and open fds from
+psutil, and ``cpu_seconds``, ``memory_bytes``, ``memory_peak_bytes``, ``pids`` from its cgroup
+where it has one (DESIGN.md section 9), else from psutil (``source`` says which).
 
 Runs in its own Pykka thread; every other actor ``tell``s it what happened, in batches where
 traffic is heavy. Memory stays bounded: the event ring, histograms and counters are fixed
@@ -15,6 +19,7 @@ be dropped here, so turning a flag off also saves the work of collecting it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +41,7 @@ from ..messages import (
     TrackProcess,
 )
 from ..metrics import MetricsRegistry
+from ..process import InstanceCgroup
 from ..scheduler import Scheduler, TimerHandle
 from .deps import ServiceLink, safe_tell
 from .service import ServiceActor
@@ -58,6 +64,7 @@ class MonitorActor(ServiceActor):
         self._scheduler = scheduler
         self._metrics = MetricsRegistry(event_capacity=config.metrics_buffer_size)
         self._processes: dict[str, psutil.Process] = {}
+        self._cgroups: dict[str, InstanceCgroup] = {}
         self._sampler: TimerHandle | None = None
         self._log = logger.bind(actor="monitor")
 
@@ -108,9 +115,9 @@ class MonitorActor(ServiceActor):
                 self._metrics.auth_failures += failures
                 for code, n in errors.items():
                     self._metrics.error(code, n)
-            case TrackProcess(instance_id, pid):
+            case TrackProcess(instance_id, pid, cgroup):
                 if self.config.enable_performance_tracking:
-                    self._track(instance_id, pid)
+                    self._track(instance_id, pid, cgroup)
             case _:
                 self._log.warning("unexpected message {!r}", type(message).__name__)
         return None
@@ -192,11 +199,15 @@ class MonitorActor(ServiceActor):
         if messages:
             self._count_messages(n_in, n_out, at)
 
-    def _track(self, instance_id: str, pid: int | None) -> None:
+    def _track(self, instance_id: str, pid: int | None, cgroup: InstanceCgroup | None
+               ) -> None:
         self._processes.pop(instance_id, None)
+        self._cgroups.pop(instance_id, None)
         self._metrics.remove_instance(instance_id)
         if pid is None:
             return
+        if cgroup is not None:
+            self._cgroups[instance_id] = cgroup
         try:
             proc = psutil.Process(pid)
             proc.cpu_percent(None)  # prime the counter
@@ -212,9 +223,27 @@ class MonitorActor(ServiceActor):
                     cpu = proc.cpu_percent(None)
                     rss = proc.memory_info().rss
                     fds = proc.num_fds()
-                    times = proc.cpu_times()
+                    cgroup = self._cgroups.get(instance_id)
+                    usage = (dict(cgroup.usage(), source="cgroup") if cgroup is not None
+                             else _psutil_usage(proc, rss))
+                    if usage["cpu_seconds"] is None:  # no CPU group of its own (no quota)
+                        times = proc.cpu_times()
+                        usage["cpu_seconds"] = times.user + times.system
             except psutil.Error:
                 self._processes.pop(instance_id, None)
                 continue
-            self._metrics.sample_instance(instance_id, cpu, rss, fds, now,
-                                          times.user + times.system)
+            self._metrics.sample_instance(instance_id, cpu, rss, fds, now, usage)
+
+
+def _psutil_usage(proc: psutil.Process, rss: int) -> dict[str, Any]:
+    """The cgroup's figures as far as psutil has them (peak: VmHWM of the main process)."""
+    times = proc.cpu_times()
+    peak = None
+    with contextlib.suppress(OSError, ValueError, IndexError), \
+            open(f"/proc/{proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) * 1024
+    return {"cpu_seconds": times.user + times.system, "memory_bytes": rss,
+            "memory_peak_bytes": peak, "pids": 1 + len(proc.children(recursive=True)),
+            "source": "psutil"}

@@ -8,8 +8,10 @@ SupervisorActor per instance. It restarts a failed service or instance superviso
 every instance stopped, the facade told. :class:`~spear_actors.system.SpearSystem` talks to
 nothing else: queries to a service are forwarded (``Query``) without waiting on it.
 
-``create_instance`` is admission (cpus and memory against node capacity), the working
-directory, the binary check (SpawnError at once, no restart loop), then a SupervisorActor.
+``create_instance`` is admission (cpus and memory against node capacity; ``network="none"``
+only with the ipc transport), the working directory, the binary check (SpawnError at once, no
+restart loop), then a SupervisorActor. Each instance actor gets its cgroup from the
+:class:`~spear_actors.process.Isolation` in :class:`Deps` (owned by the facade).
 It keeps the latest InstanceInfo of every instance (pushed by the supervisors and instance
 actors, newest generation wins), so queries never wait on them.
 """
@@ -58,7 +60,7 @@ from ..messages import (
     SupervisorFailed,
     WatchState,
 )
-from ..process import ProcessWatcher, resolve_command
+from ..process import Isolation, ProcessWatcher, resolve_command
 from ..records import InstanceInfo, InstanceState
 from ..scheduler import Scheduler
 from .deps import ActorSet, Deps, safe_tell
@@ -101,12 +103,14 @@ class RuntimeActor(pykka.ThreadingActor):
     """The root; see the module docstring."""
 
     def __init__(self, config: SystemConfig, work_dir: str, scheduler: Scheduler,
-                 watcher: ProcessWatcher, escalate: Escalate) -> None:
+                 watcher: ProcessWatcher, escalate: Escalate,
+                 isolation: Isolation | None = None) -> None:
         super().__init__()
         self.config = config
         self.work_dir = work_dir
         self._scheduler = scheduler
         self._watcher = watcher
+        self._isolation = isolation
         self._escalate_to = escalate
         self.deps: Deps | None = None
         self.tree: ServiceTree | None = None
@@ -181,7 +185,8 @@ class RuntimeActor(pykka.ThreadingActor):
         tree = self.tree = ServiceTree(self.config, self.actor_ref, self._scheduler)
         info = tree.boot(self._known_routes)
         self.deps = Deps(runtime=self.actor_ref, services=tree.services,
-                         scheduler=self._scheduler, watcher=self._watcher, listener=info)
+                         scheduler=self._scheduler, watcher=self._watcher, listener=info,
+                         isolation=self._isolation)
         return BootInfo(info.endpoint, info.port, tree.intake, self.deps.children)
 
     # -- self-supervision ------------------------------------------------------------------------
@@ -270,6 +275,11 @@ class RuntimeActor(pykka.ThreadingActor):
         if not isinstance(task_id, str) or not _TASK_ID.match(task_id):
             raise ConfigError(f"task id {task_id!r} must be 1-64 letters, digits, '_', '.' "
                               "or '-', starting with a letter or digit")
+        if limits.network == "none" and self.deps.listener.transport != "ipc":
+            raise ConfigError(
+                f"task {task_id}: ResourceLimits.network='none' leaves the instance no network, "
+                "so it can only reach the spearlet over ipc: set ConnectionConfig.transport="
+                f"'ipc' (it is {self.deps.listener.transport!r})")
         cpus, memory = self._allocated()
         if limits.cpus and cpus + limits.cpus > self.capacity_cpus:
             raise InsufficientResources(
@@ -355,5 +365,6 @@ class RuntimeActor(pykka.ThreadingActor):
                 "failed": str(self.failure) if self.failure is not None else None,
                 "instances": children,
                 "capacity": {"cpus": self.capacity_cpus, "memory": self.capacity_memory},
+                "isolation": self._isolation.mode if self._isolation is not None else "rlimit",
                 "endpoint": deps.listener.endpoint if deps else None}
 

@@ -43,6 +43,7 @@ def attached(args: argparse.Namespace) -> Attached:
 def cmd_status(args: argparse.Namespace) -> int:
     with attached(args) as handle:
         infos = handle.instances()
+        isolation = handle.ping().get("isolation")
     if args.json:
         from ..control import plain
 
@@ -56,6 +57,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if isolation:
+        print(f"isolation: {isolation}")
     return 0
 
 

@@ -109,6 +109,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except SpearError as exc:
         return console.fail(f"cannot start: {exc}")
     _relay_failure(system, signals)
+    signals.on_force.append(system.kill_cgroups)  # the guardian dies with the other children
     outcome = EXIT_FAILURE
     control: ControlServer | None = None
     exporter: Exporter | None = None

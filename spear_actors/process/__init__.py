@@ -17,6 +17,12 @@ module:
   dies; :meth:`ProcessWatcher.stop` closes and reaps it.
 * :mod:`.handle` — :class:`ManagedProcess` is the handle any thread may use: signals,
   process-tree snapshots and a graceful or forced stop of the whole tree.
+* :mod:`.cgroups` — :class:`Isolation`, one per system: detects cgroup v2 or v1, makes the
+  spearlet's ``spear-PID-N`` cgroup (guarded by the guardian), removes what dead spearlets
+  left, or falls back to rlimits with one warning; :mod:`.instance_cgroup` —
+  :class:`InstanceCgroup`, one per instance generation: limits, usage, OOM kills, kill it
+  whole, remove it; :mod:`.wrapper` — the exec wrapper that joins the cgroup (and, for
+  ``network="none"``, a new network namespace) before the program runs.
 * :mod:`.reaping` — :func:`set_child_subreaper` / :func:`reap_adopted_orphans`: orphans of
   instances come to us and are reaped, instead of piling up as zombies under a PID 1 that
   does not reap.
@@ -27,7 +33,9 @@ logged, nor stored on the handle.
 
 from __future__ import annotations
 
+from .cgroups import Isolation
 from .handle import ExitCallback, ManagedProcess, OutputCallback, Stream
+from .instance_cgroup import InstanceCgroup
 from .launch import ENV_ALLOWLIST, build_env, resolve_command, spawn
 from .output import MAX_LINE
 from .reaping import reap_adopted_orphans, set_child_subreaper
@@ -37,6 +45,8 @@ __all__ = [
     "ENV_ALLOWLIST",
     "MAX_LINE",
     "ExitCallback",
+    "InstanceCgroup",
+    "Isolation",
     "ManagedProcess",
     "OutputCallback",
     "ProcessWatcher",

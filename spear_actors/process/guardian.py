@@ -15,11 +15,17 @@ Protocol on stdin, one ASCII line per event, written by the spearlet:
   have killed yet) stays guarded until a sweep sees the session empty.
 * ``!`` — the spearlet is closing the pipe on purpose: act as at EOF (which a fork of the
   spearlet that did not exec, holding a copy of the pipe, could otherwise delay).
+* ``#V PATH`` — PATH is a cgroup directory of the spearlet's (``spear-PID``, cgroup version V,
+  1 or 2; one line per v1 hierarchy): every process in it or below it is an instance's, and
+  the directories are to go with them. ``~PATH`` — the spearlet removed it itself.
 
 The guardian's only thread polls stdin and a pidfd of the spearlet. When the spearlet is dead
 (pidfd readable, or ``getppid()`` no longer the pid it was given: with a subreaper above us
 it is not 1) or stdin hits EOF (the spearlet closed it, or died on a kernel without pidfds),
-it reads what is left on stdin, SIGKILLs every guarded session and exits 0.
+it reads what is left on stdin, SIGKILLs every guarded session and every process in the
+guarded cgroups (cgroup.kill on v2; freeze, kill, thaw on v1: so a process that left its
+session by ``setsid`` dies too), removes those cgroup directories and exits 0. The spearlet
+side (:mod:`.cgroups`) uses :func:`kill_cgroups` and :func:`remove_cgroups` too.
 
 What it kills, and why nothing else: for a registered leader still alive with the registered
 STARTTIME, the leader and every process whose session id (field 6 of ``/proc/*/stat``) is that
@@ -77,6 +83,86 @@ def now() -> float:
     return os.times().elapsed  # monotonic (clock ticks since boot), no extra import
 
 
+def cgroup_dirs(root: str) -> list[str]:
+    """``root`` and every cgroup below it, children before their parents."""
+    return [dirpath for dirpath, _dirs, _files in os.walk(root)][::-1]
+
+
+def cgroup_members(root: str) -> set[int]:
+    """Pids of the processes in ``root`` and below (cgroup.procs lists no zombies)."""
+    pids: set[int] = set()
+    for path in cgroup_dirs(root):
+        try:
+            with open(path + "/cgroup.procs", "rb") as f:
+                pids.update(int(word) for word in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def write_file(path: str, text: str) -> bool:
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+        return True
+    except OSError:
+        return False
+
+
+def kill_cgroups(roots: dict[str, int], spared: frozenset[int] = frozenset()) -> int:
+    """SIGKILL every process in the cgroups ``roots`` (path -> version) and below them.
+
+    v2: one write to ``cgroup.kill`` (kernel >= 5.14) does it atomically. Otherwise (v1, or
+    an older v2) the cgroups with a freezer are frozen first, so nothing forks while the
+    members are listed and killed, then thawed (the kill lands as they wake). Rounds repeat
+    (bounded) until no member is listed. Returns how many signals were sent.
+    """
+    rest: dict[str, int] = {}
+    for root, version in roots.items():
+        if not (version == 2 and write_file(root + "/cgroup.kill", "1")):
+            rest[root] = version
+    sent = 0
+    for round_ in range(KILL_ROUNDS if rest else 0):
+        frozen = [root for root in rest if os.path.exists(root + "/freezer.state")
+                  and write_file(root + "/freezer.state", "FROZEN")]
+        pids: set[int] = set()
+        for root in rest:
+            pids |= cgroup_members(root)
+        for pid in pids - spared:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                sent += 1
+            except OSError:
+                continue
+        for root in frozen:
+            write_file(root + "/freezer.state", "THAWED")
+        if not pids - spared:
+            break
+        select.select([], [], [], 0.002 * min(round_ + 1, 25))  # let them die
+    return sent
+
+
+def remove_cgroups(root: str, timeout: float) -> bool:
+    """rmdir ``root`` and every cgroup below it, retrying while members are still dying
+    (EBUSY) for up to ``timeout`` seconds. True once nothing is left."""
+    deadline, delay = now() + timeout, 0.001
+    while True:
+        left = False
+        for path in cgroup_dirs(root):
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                left = True
+        if not left:
+            return True
+        if now() >= deadline:
+            return False
+        select.select([], [], [], delay)
+        delay = min(delay * 2, 0.05)
+
+
 class Guardian:
     """The guarded sessions and the kill; driven by :func:`main` (one thread)."""
 
@@ -88,6 +174,7 @@ class Guardian:
         self.buffer = b""
         self.quit = False  # the spearlet said it is closing: act as at EOF
         self.spared = {os.getpid(), os.getsid(0), parent}  # never ours to kill
+        self.cgroups: dict[str, int] = {}  # the spearlet's cgroup roots: path -> version
 
     def feed(self, data: bytes) -> None:
         """Apply every complete line of ``data``; malformed lines are ignored."""
@@ -97,6 +184,11 @@ class Guardian:
             try:
                 if line == b"!":
                     self.quit = True
+                elif line.startswith(b"#"):
+                    version, path = line[1:].split(b" ", 1)
+                    self.cgroups[os.fsdecode(path)] = int(version)
+                elif line.startswith(b"~"):
+                    self.cgroups.pop(os.fsdecode(line[1:]), None)
                 elif line.startswith(b"+"):
                     pid_text, start_text = line[1:].split()
                     pid = int(pid_text)
@@ -135,6 +227,15 @@ class Guardian:
         return ours - self.spared
 
     def kill_all(self) -> None:
+        """SIGKILL every guarded session, then every process in the guarded cgroups, and
+        remove those cgroups."""
+        self.kill_sessions()
+        if self.cgroups:
+            kill_cgroups(self.cgroups, frozenset(self.spared))
+            for path in self.cgroups:
+                remove_cgroups(path, 1.0)
+
+    def kill_sessions(self) -> None:
         """SIGKILL every guarded session, in rounds until no live member is left."""
         if not self.live and not self.reaped:
             return

@@ -49,6 +49,7 @@ class GuardianLink:
         self._popen: subprocess.Popen[bytes] | None = None
         self._fd: int | None = None  # write end of the guardian's stdin
         self._leaders: dict[int, int] = {}  # pid -> start time, registered and not reaped
+        self._cgroups: dict[str, int] = {}  # the spearlet's cgroup roots: path -> version
         self._closed = False
         self._on_started = on_started
 
@@ -76,6 +77,23 @@ class GuardianLink:
             else:
                 self._restart_locked("not running")
 
+    def guard_cgroup(self, path: str, version: int) -> None:
+        """Kill every process in the cgroup ``path`` (and below) and remove it, should this
+        process die. Does not start a guardian: the next :meth:`start` (before the first
+        spawn, which is what puts a process in the cgroup) tells it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._cgroups[path] = version
+            if self._running_locked():
+                self._send_locked(f"#{version} {path}\n".encode())
+
+    def unguard_cgroup(self, path: str) -> None:
+        """``path`` was removed by this process: forget it."""
+        with self._lock:
+            if self._cgroups.pop(path, None) is not None and self._fd is not None:
+                self._send_locked(f"~{path}\n".encode())
+
     def unregister(self, pid: int) -> None:
         """The leader ``pid`` was reaped (its session stays guarded until it is empty)."""
         with self._lock:
@@ -88,7 +106,7 @@ class GuardianLink:
         with self._lock:
             if self._closed or self._running_locked():
                 return True
-            if not self._leaders:  # nothing to guard: start again on the next register
+            if not self._leaders and not self._cgroups:  # nothing to guard: start on demand
                 self._discard_locked()
                 return True
             self._restart_locked("exited")
@@ -103,6 +121,7 @@ class GuardianLink:
             popen, fd = self._popen, self._fd
             self._popen = self._fd = None
             self._leaders.clear()
+            self._cgroups.clear()
         if fd is not None:
             with contextlib.suppress(OSError):  # say it even if a fork without exec holds
                 os.write(fd, QUIT)             # a copy of the pipe (EOF would never come)
@@ -166,6 +185,7 @@ class GuardianLink:
         self._popen, self._fd = popen, fd
         logger.debug("process guardian {} started", popen.pid)
         lines = b"".join(f"+{pid} {start}\n".encode() for pid, start in self._leaders.items())
+        lines += b"".join(f"#{v} {path}\n".encode() for path, v in self._cgroups.items())
         if lines and not self._write_all_locked(lines):
             return
         if self._on_started is not None:

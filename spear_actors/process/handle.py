@@ -28,6 +28,7 @@ from .._log import logger
 from .guardian import read_stat
 
 if TYPE_CHECKING:
+    from .instance_cgroup import InstanceCgroup
     from .watcher import ProcessWatcher
 
 __all__ = ["KILL_WAIT", "POLL_INTERVAL", "ExitCallback", "ManagedProcess", "OutputCallback",
@@ -55,7 +56,8 @@ class ManagedProcess:
 
     def __init__(self, popen: subprocess.Popen[bytes], *, instance_id: str, argv: Sequence[str],
                  pidfd: int | None, on_exit: ExitCallback | None,
-                 on_output: OutputCallback | None) -> None:
+                 on_output: OutputCallback | None,
+                 cgroup: InstanceCgroup | None = None) -> None:
         self.pid: int = popen.pid
         self.instance_id = instance_id
         self.argv = tuple(argv)
@@ -65,6 +67,9 @@ class ManagedProcess:
         self._pidfd = pidfd
         self._on_exit = on_exit
         self._on_output = on_output
+        self.cgroup = cgroup
+        """The instance's cgroup, if it runs in one: every process in it is part of the tree
+        (whatever its session), and :meth:`kill_tree` kills it whole. The owner removes it."""
         self._watcher: ProcessWatcher | None = None
         # Serialises reaping against group signals: while the leader is not reaped, its pid
         # (which is also the group and session id) cannot be reused.
@@ -138,9 +143,10 @@ class ManagedProcess:
         """Live descendants: recursive children, members of our session, and every descendant
         seen by an earlier call (e.g. a grandchild that ran ``setsid`` and was orphaned).
 
-        Each result is remembered. Call this now and then if instances daemonise: a process
-        that left both the group and the session and lost its parent before we ever saw it
-        cannot be found (only cgroups could find it).
+        Each result is remembered. With a :attr:`cgroup`, every process in it is included
+        too. Without one, call this now and then if instances daemonise: a process that left
+        both the group and the session and lost its parent before we ever saw it cannot be
+        found.
         """
         roots = [pid for pid, p in self._known.items() if _alive(p)]
         if self._popen.returncode is None:  # not reaped, so the pid is still ours
@@ -157,6 +163,8 @@ class ManagedProcess:
             if pid not in seen:
                 seen.add(pid)
                 roots.extend(children.get(pid, ()))
+        members = self.cgroup.members() if self.cgroup is not None else set()
+        seen |= members
         seen.discard(self.pid)
         born = self.create_time or 0.0
         live: dict[int, psutil.Process] = {}
@@ -167,7 +175,7 @@ class ManagedProcess:
                 continue
             try:
                 p = psutil.Process(pid)
-                if p.create_time() >= born and _alive(p):  # older: not from our tree
+                if (pid in members or p.create_time() >= born) and _alive(p):  # older: not ours
                     live[pid] = p
             except psutil.Error:
                 continue
@@ -196,11 +204,14 @@ class ManagedProcess:
         return self.kill_tree()
 
     def kill_tree(self) -> int | None:
-        """SIGKILL the main process, its group and every descendant at once, then reap.
+        """SIGKILL the whole cgroup if there is one, the main process, its group and every
+        descendant at once, then reap.
 
         Returns the exit code, or None if the process did not go within :data:`KILL_WAIT`.
         """
         deadline = time.monotonic() + KILL_WAIT
+        if self.cgroup is not None:
+            self.cgroup.kill()  # all at once: nothing forks or escapes meanwhile
         procs = self.descendants()
         for _ in range(3):  # again if something forked outside the group meanwhile
             self._signal_tree(signal.SIGKILL, procs)

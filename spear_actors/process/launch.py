@@ -1,8 +1,11 @@
 """Launching an instance: resolve the binary, build its environment, spawn it, limit it.
 
 :func:`resolve_command` and :func:`build_env` prepare a launch; :func:`spawn` starts the child
-in its own session and process group, applies :class:`~spear_actors.config.ResourceLimits`
-and hands it to a :class:`~spear_actors.process.ProcessWatcher`. All of it runs in the
+in its own session and process group, inside its cgroup (if it is given one) and network
+namespace (``network="none"``) through the exec wrapper (:mod:`.wrapper`), applies what the
+cgroup does not cover of :class:`~spear_actors.config.ResourceLimits` (rlimits, nice, affinity
+without a cpuset) and hands it to a :class:`~spear_actors.process.ProcessWatcher`. All of it
+runs in the
 caller's thread (an instance actor's); the callbacks given to :func:`spawn` will run in the
 watcher thread. The environment carries the instance secret: it is never logged, nor kept.
 """
@@ -20,7 +23,9 @@ import psutil
 from ..config import ResourceLimits
 from ..errors import ConfigError, SpawnError
 from .handle import ExitCallback, ManagedProcess, OutputCallback
+from .instance_cgroup import InstanceCgroup
 from .watcher import ProcessWatcher, default_watcher
+from .wrapper import wrap
 
 __all__ = ["ENV_ALLOWLIST", "build_env", "resolve_command", "spawn"]
 
@@ -96,15 +101,20 @@ def build_env(*, instance_id: str, secret: str, port: int | None, endpoint: str,
 def spawn(*, argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
           limits: ResourceLimits | None, instance_id: str, on_exit: ExitCallback | None,
           on_output: OutputCallback | None = None,
-          watcher: ProcessWatcher | None = None) -> ManagedProcess:
+          watcher: ProcessWatcher | None = None,
+          cgroup: InstanceCgroup | None = None) -> ManagedProcess:
     """Start ``argv`` in its own session and process group, apply ``limits``, watch it.
 
     Runs in the caller's thread; ``on_exit`` and ``on_output`` will run in the watcher thread
     (default: :func:`default_watcher`). stdin is /dev/null; stdout and stderr are drained
     into the log. ``cwd`` must exist (the caller creates it). No ``preexec_fn`` (unsafe with
-    threads), so limits are applied right after exec with psutil: for that first moment the
-    child runs unlimited, and a child that forks at once may pass on the old limits.
-    ``limits.cpus`` only counts for admission. The child is registered with the watcher's
+    threads): with a ``cgroup`` (made by :meth:`~.cgroups.Isolation.create`, limits already
+    written) the exec wrapper joins it before the program runs, and memory, cpus,
+    max_processes and the cpuset are the kernel's. Without one (the rlimit fallback)
+    ``memory_bytes`` becomes RLIMIT_AS right after exec with psutil, leaving a first moment
+    unlimited, and ``cpus``/``max_processes`` are not enforced. ``limits.network == "none"``
+    runs it in a fresh network namespace. The handle's :attr:`~ManagedProcess.cgroup` is
+    ``cgroup``: stopping it kills the whole cgroup. The child is registered with the watcher's
     guardian (started before the fork if none runs), so it dies with this process, however
     this process dies. Raises :class:`SpawnError` if the process cannot be started or a limit
     cannot be applied (the child is then killed and reaped).
@@ -114,9 +124,11 @@ def spawn(*, argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
     if cwd is not None and not os.path.isdir(cwd):
         raise SpawnError(f"working directory does not exist: {cwd}")
     watcher = watcher if watcher is not None else default_watcher()
+    command = wrap(argv, join=cgroup.procs_files if cgroup is not None else (),
+                   network=limits.network if limits is not None else "host")
     watcher.prepare_spawn()
     try:
-        popen = subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
+        popen = subprocess.Popen(command, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  close_fds=True, start_new_session=True)
     except (OSError, ValueError) as exc:  # ENOENT, EACCES, ENOEXEC, bad env ...
@@ -126,10 +138,10 @@ def spawn(*, argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
         with contextlib.suppress(OSError):  # ENOSYS, EPERM: the watcher polls instead
             pidfd = os.pidfd_open(popen.pid)
     proc = ManagedProcess(popen, instance_id=instance_id, argv=argv, pidfd=pidfd,
-                          on_exit=on_exit, on_output=on_output)
+                          on_exit=on_exit, on_output=on_output, cgroup=cgroup)
     try:
         if limits is not None:
-            _apply_limits(proc, limits)
+            _apply_limits(proc, limits, cgroup)
         watcher.register(proc)
     except (psutil.Error, OSError, ValueError, RuntimeError) as exc:
         proc.kill_tree()
@@ -139,16 +151,18 @@ def spawn(*, argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
     return proc
 
 
-def _apply_limits(proc: ManagedProcess, limits: ResourceLimits) -> None:
+def _apply_limits(proc: ManagedProcess, limits: ResourceLimits,
+                  cgroup: InstanceCgroup | None) -> None:
+    """What the cgroup does not do (all of it without one), with psutil, after exec."""
     p = proc._ps
     if p is None:
         return
     try:
-        if limits.memory_bytes is not None:
+        if limits.memory_bytes is not None and cgroup is None:
             _set_rlimit(p, psutil.RLIMIT_AS, limits.memory_bytes)
         if limits.max_open_files is not None:
             _set_rlimit(p, psutil.RLIMIT_NOFILE, limits.max_open_files)
-        if limits.cpu_affinity is not None:
+        if limits.cpu_affinity is not None and (cgroup is None or not cgroup.handles_affinity):
             p.cpu_affinity(list(limits.cpu_affinity))
         if limits.nice is not None:
             p.nice(limits.nice)

@@ -130,6 +130,16 @@ class ProcessWatcher:
             self._pending.append(proc)
         self._wake()
 
+    def guard_cgroup(self, path: str, version: int) -> None:
+        """Have the guardian kill everything in the cgroup ``path`` and remove it, should
+        this process die (:class:`~.cgroups.Isolation` calls it for each of its roots)."""
+        if self._guardian is not None and self.alive:
+            self._guardian.guard_cgroup(path, version)
+
+    def unguard_cgroup(self, path: str) -> None:
+        if self._guardian is not None:
+            self._guardian.unguard_cgroup(path)
+
     def stop(self, timeout: float = 2.0) -> bool:
         """Stop the thread; True if it ended within ``timeout``.
 

@@ -17,6 +17,8 @@ from spear_actors.tomlconfig import load, parse, parse_size
 
 from .support import run_cli
 
+_TASK = "[[tasks]]\nname = 'a'\ncommand = ['x']\n"
+
 FULL = """
 [system]
 capacity_cpus = 2
@@ -104,10 +106,35 @@ def test_empty_file_gives_defaults() -> None:
     ("[system.service_restart]\nmax_restarts = 'x'",
      r"spear\.toml: system\.service_restart\.max_restarts: expected int, got str 'x'"),
     ("[system]\nservice_restart = 3", r"spear\.toml: system\.service_restart: expected a"),
+    ("[system]\nisolation = 'docker'", r"spear\.toml: system\.isolation: must be one of"),
+    (f"{_TASK}resources = {{ memory = 'lots' }}",
+     r"spear\.toml: tasks\[0\]\.resources\.memory: expected a size .* 'lots'"),
+    (f"{_TASK}resources = {{ memory = '64MiB', memory_bytes = 1 }}",
+     r"spear\.toml: tasks\[0\]\.resources: give memory or memory_bytes, not both"),
+    (f"{_TASK}resources = {{ cpus = 0 }}",
+     r"spear\.toml: tasks\[0\]\.resources: ResourceLimits\.cpus must be > 0, got 0"),
+    (f"{_TASK}resources = {{ cpus = 'half' }}",
+     r"spear\.toml: tasks\[0\]\.resources\.cpus: .*'half'"),
+    (f"{_TASK}resources = {{ max_processes = -4 }}",
+     r"spear\.toml: tasks\[0\]\.resources: ResourceLimits\.max_processes must be > 0"),
+    (f"{_TASK}resources = {{ max_processes = 2.5 }}",
+     r"spear\.toml: tasks\[0\]\.resources\.max_processes: expected int"),
+    (f"{_TASK}resources = {{ network = 'bridge' }}",
+     r"spear\.toml: tasks\[0\]\.resources\.network: must be one of 'host', 'none', "
+     r"got 'bridge'"),
 ])
 def test_bad_files(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse(text, "spear.toml")
+
+
+def test_isolation_resources_with_units() -> None:
+    spec = parse(_TASK + "[tasks.resources]\nmemory = '64MiB'\ncpus = 0.5\n"
+                 "max_processes = 32\nnetwork = 'none'\n", "spear.toml")
+    limits = spec.tasks[0].limits
+    assert (limits.memory_bytes, limits.cpus, limits.max_processes, limits.network) == (
+        64 << 20, 0.5, 32, "none")
+    assert parse("[system]\nisolation = 'rlimit'", "s.toml").system.isolation == "rlimit"
 
 
 @pytest.mark.parametrize(("value", "expected"), [

@@ -7,6 +7,7 @@ cost is paid once.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import stat
 import urllib.request
@@ -115,6 +116,8 @@ def test_up_attach_operate_and_terminate(tmp_path: Path) -> None:
 
             status = run_cli("status", "--run-dir", str(run_dir))
             assert status.returncode == 0, status.stderr
+            assert re.search(r"^isolation: (cgroup v[12]|rlimit)$", status.stdout, re.M)
+            assert f"isolation {tree.isolation}" in drawing
             for info in infos:
                 line = next(ln for ln in status.stdout.splitlines() if ln.startswith(info.id))
                 assert "ready" in line and str(info.pid) in line

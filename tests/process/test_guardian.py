@@ -208,3 +208,12 @@ def test_parent_death_is_seen_without_eof(session: Callable[..., Session]) -> No
         assert parent.stdout is not None
         parent.stdout.close()
         kill_all(procs)
+
+
+def test_cgroup_lines_guard_and_forget_the_spearlet_cgroups() -> None:
+    g = guardian_script.Guardian(parent=os.getpid())
+    g.feed(b"#1 /sys/fs/cgroup/freezer/spear-1-1\n#2 /sys/fs/cgroup/sp ace/spear-1-2\n"
+           b"~/sys/fs/cgroup/freezer/spear-1-1\n#x bad\n#1")
+    assert g.cgroups == {"/sys/fs/cgroup/sp ace/spear-1-2": 2}
+    g.feed(b" /c\n")  # the rest of a line split across reads
+    assert g.cgroups["/c"] == 1

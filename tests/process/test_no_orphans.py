@@ -23,10 +23,11 @@ from typing import Any
 
 import psutil
 import pytest
-from helpers import wait_until
+from helpers import spear_cgroup_dirs, wait_until
 
 from spear_actors import InstanceState, attach
 from spear_actors.control import Attached
+from spear_actors.process.cgroups import detect
 from spear_actors.process.guardian_link import GUARDIAN_SCRIPT
 
 from .support import dead, kill_all, tree_of
@@ -173,8 +174,13 @@ def test_sigkill_of_an_embedding_program(spearlet: Callable[..., Spearlet]) -> N
     s, procs = embedded(spearlet)
     guardian = s.guardian()
     assert len(procs) == 5  # echo, sleep, sh and its two sleeps
-    assert_all_gone(procs, since=s.kill())
+    prefix = f"spear-{s.popen.pid}-"
+    cgroups = {p for p in spear_cgroup_dirs() if os.path.basename(p).startswith(prefix)}
+    killed = s.kill()
+    assert_all_gone(procs, since=killed)
     wait_until(lambda: dead(guardian), START_WAIT, message="the guardian to exit")
+    assert cgroups or isinstance(detect(), str) or os.geteuid() != 0
+    assert not any(os.path.exists(p) for p in cgroups)  # the guardian removed them
 
 
 def test_sigkill_of_up(spearlet: Callable[..., Spearlet], tmp_path: Path) -> None:
