@@ -422,7 +422,8 @@ class InstanceSamples:
         ``cpu_seconds``, ``memory_bytes``, ``memory_peak_bytes``, ``pids`` and ``source``
         (``"cgroup"`` or ``"psutil"``)."""
         self._samples[instance_id] = {"cpu_percent": cpu_percent, "rss": rss,
-                                      "num_fds": num_fds, "sampled_at": now, **(usage or {})}
+                                      "num_fds": num_fds, "sampled_at": now,
+                                      "cpu_seconds": None, **(usage or {})}
 
     def remove(self, instance_id: str) -> None:
         self._samples.pop(instance_id, None)

@@ -11,7 +11,8 @@ def test_table_shows_units_rates_and_every_section() -> None:
     reg.record_messages([("HEARTBEAT", "in", 20), ("EXECUTE_REQUEST", "out", 3 << 20)],
                         now=100.0)
     reg.record_execute_latencies([0.0012, 0.0034], now=100.0)
-    reg.sample_instance("echo-1", 12.345, 48 << 20, 9, now=100.0, cpu_seconds=1.5)
+    reg.sample_instance("echo-1", 12.345, 48 << 20, 9, now=100.0,
+                        usage={"cpu_seconds": 1.5})
     reg.instance_latency.record("echo-1", [0.0001], [0.0011], [0.00002])
     reg.connection_table.opened("conn-1", 99.0)
     reg.connection_table.authenticated("conn-1", "echo-1", 99.0)
