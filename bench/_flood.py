@@ -90,9 +90,13 @@ def flood_body(mode: str, instance_id: str = "") -> bytes:
 class _Peer:
     """One DEALER and the monitor that tells when the server cut it."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str,
+                 plain_user: str = "") -> None:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if plain_user:  # a gated listener (ConnectionConfig.gate="plain"): wrong credentials
+            self.sock.setsockopt(zmq.PLAIN_USERNAME, plain_user.encode())
+            self.sock.setsockopt(zmq.PLAIN_PASSWORD, WRONG_TOKEN.encode())
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.sock.connect(endpoint)
 
@@ -142,7 +146,7 @@ def _spin(end: float, parent: int) -> dict[str, Any]:
 
 
 def run_flooder(endpoint: str, mode: str, seconds: float, max_frames: int,
-                instance_id: str = "") -> dict[str, Any]:
+                instance_id: str = "", plain: bool = False) -> dict[str, Any]:
     """The flooder's body: wait for ``go``, flood, return the tallies."""
     check_local(endpoint)
     if mode not in MODES:
@@ -152,7 +156,7 @@ def run_flooder(endpoint: str, mode: str, seconds: float, max_frames: int,
     parent = os.getppid()
     body = flood_body(mode, instance_id) if mode != "spin" else b""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    peer = _Peer(ctx, endpoint) if mode != "spin" else None
+    peer = _Peer(ctx, endpoint, instance_id if plain else "") if mode != "spin" else None
     try:
         print("ready", flush=True)
         if not select.select([sys.stdin], [], [], GO_TIMEOUT)[0] or \
@@ -186,7 +190,7 @@ def run_flooder(endpoint: str, mode: str, seconds: float, max_frames: int,
             if peer.cut():  # muted and cut: a fresh DEALER, a new routing id
                 answers += peer.drain()
                 peer.close()
-                peer = _Peer(ctx, endpoint)
+                peer = _Peer(ctx, endpoint, instance_id if plain else "")
                 connections += 1
                 poller = zmq.Poller()
                 poller.register(peer.sock, zmq.POLLOUT)
@@ -218,9 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--max-frames", type=int, default=MAX_FRAMES)
     p.add_argument("--instance-id", default="")
+    p.add_argument("--plain", action="store_true",
+                   help="present the instance id and a wrong secret as PLAIN credentials")
     args = p.parse_args(argv)
     result = run_flooder(args.endpoint, args.mode, args.seconds, args.max_frames,
-                         args.instance_id)
+                         args.instance_id, args.plain)
     print(json.dumps(result), flush=True)
     return 0
 
@@ -262,7 +268,8 @@ class Flood:
     """
 
     def __init__(self, endpoint: str, mode: str, processes: int = 4, seconds: float = 10.0,
-                 max_frames: int = MAX_FRAMES, instance_id: str = "") -> None:
+                 max_frames: int = MAX_FRAMES, instance_id: str = "", plain: bool = False
+                 ) -> None:
         self.endpoint = check_local(endpoint)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
@@ -273,6 +280,7 @@ class Flood:
         self.seconds = min(seconds, MAX_SECONDS)
         self.max_frames = min(max_frames, MAX_FRAMES)
         self.instance_id = instance_id
+        self.plain = plain
         self.procs: list[subprocess.Popen[str]] = []
         self.started: float | None = None
 
@@ -280,7 +288,7 @@ class Flood:
         try:
             args = [sys.executable, SCRIPT, "--endpoint", self.endpoint, "--mode", self.mode,
                     "--seconds", str(self.seconds), "--max-frames", str(self.max_frames),
-                    "--instance-id", self.instance_id]
+                    "--instance-id", self.instance_id, *(["--plain"] if self.plain else [])]
             for _ in range(self.processes):
                 self.procs.append(subprocess.Popen(args, stdin=subprocess.PIPE,
                                                    stdout=subprocess.PIPE, text=True))

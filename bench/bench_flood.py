@@ -39,9 +39,15 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "heartbeat flood": ("heartbeat", "HEARTBEAT"),
     "auth flood": ("auth", "AUTH_REQUEST"),
     "cpu control": ("spin", ""),
+    "gated heartbeat flood": ("heartbeat", "HEARTBEAT"),
+    "gated auth flood": ("auth", "AUTH_REQUEST"),
 }
+GATED = frozenset({"gated heartbeat flood", "gated auth flood"})
+"""Run against a listener with ConnectionConfig(gate="plain") (ZeroMQ's own gate): the
+heartbeat flooders come without credentials, the auth flooders with the instance's id and a
+wrong secret as PLAIN credentials (so every connection they make costs a ZAP answer)."""
 COUNTERS = ("muted_dropped", "peers_cut", "over_budget", "not_authenticated",
-            "auth_throttled", "auth_failed")
+            "auth_throttled", "auth_failed", "gate_denied")
 CALL_TIMEOUT = 10.0
 SETTLE = 90.0
 """Bound on the wait for the pump to finish reading what the flooders left in the ROUTER's
@@ -114,7 +120,8 @@ def _one_flood(ctx: BenchContext, system: SpearSystem, iid: str, variant: str,
     add_p50_p99(figures.quiet, sequential_latencies(system, TASK, n_quiet, warmup=100))
     before_info = system.instance(iid)
     before, _ = _settled(system, decoded_type)
-    with Flood(system.endpoint, mode, PROCESSES, seconds=seconds, instance_id=iid) as flood:
+    with Flood(system.endpoint, mode, PROCESSES, seconds=seconds, instance_id=iid,
+               plain=variant == "gated auth flood") as flood:
         flood.go()
         assert flood.started is not None
         samples, failures = _latencies_until(system, flood.started + seconds)
@@ -155,6 +162,10 @@ def _rows(variant: str, f: _Figures, seconds: float, load: str) -> list[Row]:
             "auth": "AUTH_REQUEST frames naming the echo instance with a wrong token",
             "spin": "nothing (busy loops: the CPU cost alone)"}[mode]
     how = "" if mode == "spin" else " as fast as they can (a fresh DEALER whenever cut)"
+    if variant in GATED:
+        what += (" over PLAIN connections with the instance's id and a wrong secret"
+                 if mode == "auth" else ", without credentials")
+        how += "; listener gated (ConnectionConfig(gate='plain'))"
     note = (f"{PROCESSES} local processes sending {what}{how} for {seconds} s, sequential "
             f"execute() on 1 echo instance throughout; baseline: sequential executes just "
             f"before; {load}")
@@ -185,6 +196,8 @@ def _rows(variant: str, f: _Figures, seconds: float, load: str) -> list[Row]:
                  "settled; for HEARTBEAT this includes the echo's own (one a second)"),
         Row(Measurement(f"{variant}: muted_dropped", "frames", f.deltas["muted_dropped"])),
         Row(Measurement(f"{variant}: peers_cut", "connections", f.deltas["peers_cut"])),
+        Row(Measurement(f"{variant}: gate_denied", "connections", f.deltas["gate_denied"]),
+            note="connections refused by the ZAP handler (gate='plain' only)"),
         Row(Measurement(f"{variant}: backlog read after the flood", "s", f.drained),
             note="from the flood's end until muted_dropped stopped growing (sampled every "
                  "0.3 s): the pump reads, one by one, what muted peers left in the ROUTER's "
@@ -211,16 +224,24 @@ def run(ctx: BenchContext) -> list[Row]:
     n_quiet = ctx.scale(2_000, 500)
     figures = {v: _Figures() for v in variants}
     load_start = os.getloadavg()
-    with running_system() as system:
-        ctx.progress("starting 1 echo instance (prefetch 0)")
-        [iid] = start_echo(system, TASK, 1, prefetch=0)
-        sequential_latencies(system, TASK, 200)  # warm up
-        repeats = min(ctx.repeats, MAX_REPEATS)
-        for r in range(repeats):
-            for variant in variants:
-                ctx.progress(f"repeat {r + 1}/{repeats}: quiet, then {variant} "
-                             f"for {seconds} s")
-                _one_flood(ctx, system, iid, variant, seconds, n_quiet, figures[variant])
+    from spear_actors import ConnectionConfig, SystemConfig
+
+    for gated in (False, True):
+        chosen = [v for v in variants if (v in GATED) == gated]
+        if not chosen:
+            continue
+        config = SystemConfig(connection=ConnectionConfig(gate="plain")) if gated else None
+        with running_system(config) as system:
+            ctx.progress(f"starting 1 echo instance (prefetch 0{', gate=plain' * gated})")
+            [iid] = start_echo(system, TASK, 1, prefetch=0)
+            sequential_latencies(system, TASK, 200)  # warm up
+            repeats = min(ctx.repeats, MAX_REPEATS)
+            for r in range(repeats):
+                for variant in chosen:
+                    ctx.progress(f"repeat {r + 1}/{repeats}: quiet, then {variant} "
+                                 f"for {seconds} s")
+                    _one_flood(ctx, system, iid, variant, seconds, n_quiet,
+                               figures[variant])
     load_end = os.getloadavg()
     load = (f"load average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end "
             f"(the flooders themselves add ~4; {os.cpu_count()} cores)")

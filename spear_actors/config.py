@@ -75,6 +75,13 @@ class ConnectionConfig:
     """Binding beyond loopback is refused unless this is set (and CURVE keys are given)."""
     curve_secret_key: str | None = field(default=None, repr=False)
     curve_public_key: str | None = None
+    gate: Literal["none", "plain"] = "none"
+    """ZeroMQ's own gate (DESIGN.md section 11). ``"plain"``: every connection must present
+    its instance id and secret as ZMTP PLAIN credentials, checked by the router pump's ZAP
+    handler; libzmq refuses any other peer during the handshake, so not one frame of it
+    reaches Python. The AUTH_REQUEST handshake still opens the session. Instances are told
+    with ``SPEAR_GATE=plain`` (InstanceClient honours it); a client written from the wire
+    contract alone (section 2) needs the default, ``"none"``. Not with CURVE keys."""
     enable_monitoring: bool = True
     """The seed's switch: False and the connection service tells the monitor nothing about
     connections or their messages (no events, no message counts, no per-connection data);
@@ -97,6 +104,12 @@ class ConnectionConfig:
         if self.secret_validator is not None and not callable(self.secret_validator):
             raise ConfigError("ConnectionConfig.secret_validator must be callable")
         _check_curve_keys(self.curve_secret_key, self.curve_public_key)
+        if self.gate not in ("none", "plain"):
+            raise ConfigError(f"ConnectionConfig.gate must be 'none' or 'plain', got "
+                              f"{self.gate!r}")
+        if self.gate == "plain" and self.curve_secret_key:
+            raise ConfigError("ConnectionConfig.gate='plain' and CURVE keys exclude each other "
+                              "(a socket has one security mechanism)")
 
 
 _Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -67,7 +67,8 @@ from .service import ServiceActor
 __all__ = ["ConnectionActor"]
 
 _MAX_ID_IN_EVENT = 128
-PUMP_DROPS = ("muted_dropped", "peers_cut", "over_budget", "frames_dropped_restart")
+PUMP_DROPS = ("muted_dropped", "peers_cut", "over_budget", "frames_dropped_restart",
+              "gate_denied")
 """Pump counters reported in ``metrics()["errors"]``."""
 
 
@@ -139,6 +140,8 @@ class ConnectionActor(ServiceActor):
                 if current is not None and current[1] == generation:
                     del self._instances[instance_id]
                     self._policy.forget(instance_id)
+                    if self._pump.gate is not None:
+                        self._pump.gate.forget(instance_id)
                     now = time.monotonic()
                     self._apply(self._protocol.close_instance(instance_id, reason, now), now)
                     self._flush(now)
@@ -176,6 +179,8 @@ class ConnectionActor(ServiceActor):
         now = time.monotonic()
         self._apply(self._protocol.close_instance(instance_id, "replaced", now), now)
         self._policy.expect(instance_id, secret)
+        if self._pump.gate is not None:
+            self._pump.gate.allow(instance_id, secret)
         self._instances[instance_id] = (ref, generation)
         if tag is not None:  # re-registered after a restart: its dedicated listener
             self._listener_of[instance_id] = (tag, generation)

@@ -112,6 +112,8 @@ class ListenerInfo:
     curve_public_key: str | None = None
     per_instance: bool = False
     """Each instance gets a listener of its own (ask the ConnectionActor: OpenListener)."""
+    gate: str = "none"
+    """``plain``: instances present their id and secret as ZMTP PLAIN credentials."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,6 +157,8 @@ class InstanceActor(pykka.ThreadingActor):
         extra.setdefault("SPEAR_MAX_CONCURRENCY", str(self.config.max_concurrency))
         if listener.curve_public_key:
             extra["SPEAR_CURVE_SERVER_KEY"] = listener.curve_public_key
+        if listener.gate == "plain":
+            extra["SPEAR_GATE"] = "plain"
         env = build_env(instance_id=self.instance_id, secret=self._secret,
                         port=listener.port, endpoint=listener.endpoint,
                         transport=listener.transport, extra=extra,

@@ -70,7 +70,7 @@ class Listener:
         assert bound is not None
         cfg = self.config
         return ListenerInfo(self.pump.endpoint, self.pump.port, bound.transport,
-                            cfg.curve_public_key, cfg.per_instance_listeners)
+                            cfg.curve_public_key, cfg.per_instance_listeners, cfg.gate)
 
     def stop(self) -> None:
         self.pump.stop()

@@ -104,7 +104,7 @@ class InstanceClient:
                  backoff_min: float = 0.05, backoff_max: float = 2.0,
                  client_type: str = "process",
                  extra_params: Mapping[str, str] | None = None,
-                 curve_server_key: str | None = None) -> None:
+                 curve_server_key: str | None = None, plain: bool = False) -> None:
         if max_concurrency < 1:
             raise ConfigError("max_concurrency must be >= 1")
         self.endpoint = endpoint
@@ -114,6 +114,8 @@ class InstanceClient:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self._curve_server_key = curve_server_key
+        self._plain = (instance_id.encode(), secret.encode()) if plain else None
+        """ZMTP PLAIN credentials for a gated listener (``SPEAR_GATE=plain``); never shown."""
         self._session = ClientSession(instance_id, secret, client_type=client_type,
                                       extra_params=extra_params)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
@@ -161,6 +163,8 @@ class InstanceClient:
             kwargs["max_concurrency"] = int(env["SPEAR_MAX_CONCURRENCY"])
         if "curve_server_key" not in kwargs and env.get("SPEAR_CURVE_SERVER_KEY"):
             kwargs["curve_server_key"] = env["SPEAR_CURVE_SERVER_KEY"]
+        if "plain" not in kwargs and env.get("SPEAR_GATE") == "plain":
+            kwargs["plain"] = True
         return cls(endpoint, instance_id, secret, **kwargs)  # type: ignore[arg-type]
 
     # -- connecting ----------------------------------------------------------------------------
@@ -185,6 +189,9 @@ class InstanceClient:
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.IMMEDIATE, 1)
+        if self._plain is not None:
+            sock.setsockopt(zmq.PLAIN_USERNAME, self._plain[0])
+            sock.setsockopt(zmq.PLAIN_PASSWORD, self._plain[1])
         if self._curve_server_key:
             public, secret = zmq.curve_keypair()
             sock.curve_serverkey = self._curve_server_key.encode()

@@ -35,6 +35,7 @@ from .._log import log_exception, logger
 from ..config import ConnectionConfig
 from ..errors import TransportError
 from .endpoints import BoundEndpoint, bind_listener, release_endpoint
+from .gate import PlainGate
 from .wake import WakePipe
 
 __all__ = ["Inbound", "RouterPump"]
@@ -117,6 +118,8 @@ class RouterPump:
         self._extra: dict[bytes, tuple[zmq.Socket[bytes], BoundEndpoint]] = {}
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None  # the pump thread's
         self.bound: BoundEndpoint | None = None
+        self.gate = PlainGate() if self.config.gate == "plain" else None
+        """ZeroMQ's own gate (``ConnectionConfig.gate``): the owner allows instances in it."""
         self.counters: dict[str, int] = collections.defaultdict(int)
         """frames_in, frames_out, send_failed, multipart, consumer_errors, ..."""
 
@@ -232,6 +235,8 @@ class RouterPump:
         self._ctx = ctx
         sock: zmq.Socket[bytes] | None = None
         try:
+            if self.gate is not None:
+                self.gate.bind(ctx)  # before any listener: libzmq asks it from the start
             sock = self._router_socket()
             self.bound = bind_listener(sock, self.config, self._name)
         except BaseException as exc:
@@ -256,6 +261,8 @@ class RouterPump:
             for _, _, future in self._control:
                 if not future.done():
                     future.set_exception(TransportError("the router pump stopped"))
+            if self.gate is not None:
+                self.gate.close()
             ctx.term()
             release_endpoint(self.bound)
 
@@ -267,6 +274,8 @@ class RouterPump:
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
         sock.setsockopt(zmq.SNDHWM, self._hwm)
         sock.setsockopt(zmq.RCVHWM, min(self._hwm, PEER_QUEUE))
+        if self.gate is not None:
+            self.gate.secure(sock)
         if self.config.curve_secret_key:
             sock.curve_server = True
             sock.curve_secretkey = self.config.curve_secret_key.encode()
@@ -276,11 +285,19 @@ class RouterPump:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wakeup.fd, zmq.POLLIN)
+        zap = self.gate.socket if self.gate is not None else None
+        if zap is not None:
+            poller.register(zap, zmq.POLLIN)
         extra_prefix: dict[zmq.Socket[bytes], bytes] = {}
         next_tick = time.monotonic() + self._tick_interval
         while not self._stopping:
             timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
             events = dict(poller.poll(timeout_ms))
+            if zap is not None and zap in events:
+                assert self.gate is not None
+                accepted, denied = self.gate.answer()
+                self.counters["gate_accepted"] += accepted
+                self.counters["gate_denied"] += denied
             if self._wakeup.fd in events:
                 self._wakeup.drain()
                 if self._control:
