@@ -197,10 +197,10 @@ def tree_from_dict(data: Mapping[str, Any]) -> SupervisionTree:
     nodes: list[dict[str, Any]] = []
     in_flight: dict[str, Any] = {}
     for node in data.get("instances", []):
-        nodes.append({"info": _info({**node, "id": node["instance_id"]}),
+        nodes.append({"info": _info(node),
                       "supervisor_alive": node["supervisor"]["alive"],
                       "restart_policy": dict(node["supervisor"]["restart_policy"])})
-        in_flight[node["instance_id"]] = {"in_flight": node.get("in_flight", 0)}
+        in_flight[node["id"]] = {"in_flight": node.get("in_flight", 0)}
     tasks = dict(data.get("tasks", {}))
     runtime = data.get("runtime", {})
     return SupervisionTree(endpoint=data.get("endpoint"),
