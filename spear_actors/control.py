@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,12 +48,14 @@ from .records import ConnectionState, ConnectionStatus, Event, InstanceInfo, Ins
 
 if TYPE_CHECKING:
     from .system import SpearSystem
+    from .tomlconfig import ControlSettings
 
 __all__ = [
     "RUN_FILE",
     "Attached",
     "ControlServer",
     "NotRunning",
+    "RemoteAccess",
     "RunInfo",
     "attach",
     "claim_run_dir",
@@ -175,6 +177,71 @@ def _write_run_file(run_dir: Path, payload: Mapping[str, Any]) -> Path:
     return path
 
 
+# -- remote access (CURVE) -------------------------------------------------------------------
+@dataclass(frozen=True)
+class RemoteAccess:
+    """The CURVE side of the control endpoint: where it binds, the server's key pair and the
+    client public keys allowed in (Z85). Requests over it need no token: the key is the
+    credential, checked by pyzmq's ZAP authenticator before any byte reaches us."""
+
+    endpoint: str
+    public_key: bytes
+    secret_key: bytes = dataclasses.field(repr=False)
+    authorized: frozenset[bytes]
+
+    @classmethod
+    def load(cls, settings: ControlSettings) -> RemoteAccess:
+        """Read the key files named in ``[control]``; ConfigError naming the key if bad."""
+        import zmq.auth
+
+        assert settings.server_secret_key_file and settings.authorized_keys_file
+        try:
+            public, secret = zmq.auth.load_certificate(settings.server_secret_key_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"control.server_secret_key_file: {exc}") from None
+        if not secret:
+            raise ConfigError(f"control.server_secret_key_file: "
+                              f"{settings.server_secret_key_file} holds no secret key (give "
+                              "the .key_secret file zmq.auth.create_certificates writes)")
+        keys: set[bytes] = set()
+        try:
+            text = Path(settings.authorized_keys_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"control.authorized_keys_file: {exc}") from None
+        for number, line in enumerate(text.splitlines(), 1):
+            key = line.strip()
+            if not key or key.startswith("#"):
+                continue
+            if len(key) != 40 or not _is_z85(key):
+                raise ConfigError(f"control.authorized_keys_file: line {number}: expected a "
+                                  "40-character Z85 public key")
+            keys.add(key.encode())
+        return cls(settings.endpoint, public, secret, frozenset(keys))
+
+
+def _is_z85(key: str) -> bool:
+    from zmq.utils import z85
+
+    try:
+        z85.decode(key)
+    except (ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+class _KeyAllowList:
+    """The ZAP policy: is this client public key (Z85) authorised? A pure decision; pyzmq's
+    authenticator thread asks it and answers the handshake."""
+
+    def __init__(self, authorized: frozenset[bytes]) -> None:
+        self.authorized = authorized
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        from zmq.utils import z85
+
+        return z85.encode(key) in self.authorized
+
+
 # -- plain data ------------------------------------------------------------------------------
 def plain(value: Any) -> Any:
     """Records, enums and mappings as msgpack-friendly data (maps, lists, scalars)."""
@@ -259,8 +326,16 @@ class ControlServer:
     """
 
     def __init__(self, system: SpearSystem, run_dir: Path, *, workers: int = 4,
-                 bind_host: str = "127.0.0.1") -> None:
+                 bind_host: str = "127.0.0.1", bind_endpoint: str | None = None,
+                 remote: RemoteAccess | None = None,
+                 reload: Callable[[], Any] | None = None,
+                 shutdown: Callable[[], None] | None = None) -> None:
         self.system = system
+        self.remote = remote
+        self.remote_endpoint = ""
+        self._bind_endpoint = bind_endpoint
+        self._reload = reload
+        self._shutdown = shutdown
         self.run_dir = run_dir
         self.endpoint = ""
         self.requests = 0
@@ -269,7 +344,7 @@ class ControlServer:
         self._token = secrets.token_urlsafe(32)
         self._host = bind_host
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spear-control")
-        self._replies: deque[tuple[list[bytes], bytes]] = deque()
+        self._replies: deque[tuple[int, list[bytes], bytes]] = deque()
         self._wake_r, self._wake_w = os.pipe()
         self._wake_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -282,7 +357,9 @@ class ControlServer:
             "connections": self._op_connections, "metrics": self._op_metrics,
             "events": self._op_events, "restart_instance": self._op_restart,
             "stop_instance": self._op_stop, "create_instance": self._op_create,
-            "inject_crash": self._op_inject_crash}
+            "inject_crash": self._op_inject_crash, "start_instance": self._op_start,
+            "scale": self._op_scale, "tail": self._op_tail, "reload": self._op_reload,
+            "execute": self._op_execute, "shutdown": self._op_shutdown}
 
     # -- lifecycle (caller's thread) ----------------------------------------------------------
     def start(self, timeout: float = 10.0) -> RunInfo:
@@ -298,6 +375,9 @@ class ControlServer:
                    "started_at": info.started_at, "listener": info.listener}
         self.run_file = _write_run_file(self.run_dir, payload)
         _log().info("control endpoint {} (run file {})", self.endpoint, self.run_file)
+        if self.remote_endpoint:
+            _log().info("remote control endpoint {} (CURVE, {} authorised keys)",
+                        self.remote_endpoint, len(self.remote.authorized if self.remote else ()))
         return dataclasses.replace(info, path=str(self.run_file))
 
     def close(self, timeout: float = 5.0) -> None:
@@ -341,40 +421,68 @@ class ControlServer:
 
     def _run(self) -> None:
         context = zmq.Context()
-        sock = context.socket(zmq.ROUTER)
+        sockets: list[zmq.Socket[bytes]] = []
+        authenticator = None
         try:
+            sock = context.socket(zmq.ROUTER)
+            sockets.append(sock)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST)
-            sock.bind(f"tcp://{self._host}:*")
+            sock.bind(self._bind_endpoint or f"tcp://{self._host}:*")
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            if self.remote is not None:
+                from zmq.auth.thread import ThreadAuthenticator
+
+                authenticator = ThreadAuthenticator(context)
+                authenticator.start()
+                authenticator.configure_curve_callback(
+                    "*", credentials_provider=_KeyAllowList(self.remote.authorized))
+                curve = context.socket(zmq.ROUTER)
+                sockets.append(curve)
+                curve.setsockopt(zmq.LINGER, 0)
+                curve.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST)
+                curve.curve_secretkey = self.remote.secret_key
+                curve.curve_publickey = self.remote.public_key
+                curve.curve_server = True
+                curve.bind(self.remote.endpoint)
+                self.remote_endpoint = curve.getsockopt_string(zmq.LAST_ENDPOINT)
         except zmq.ZMQError as exc:
             self._error = exc
-            sock.close(0)
+            for s in sockets:
+                s.close(0)
+            if authenticator is not None:
+                authenticator.stop()
             context.term()
             self._started.set()
             return
         self._started.set()
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        for s in sockets:
+            poller.register(s, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         try:
             while not self._stopping.is_set():
                 ready = dict(poller.poll())
                 if ready.get(self._wake_r):
                     os.read(self._wake_r, 4096)
-                if ready.get(sock):
-                    self._drain(sock)
+                for index, s in enumerate(sockets):
+                    if ready.get(s):
+                        self._drain(s, index)
                 while self._replies:
-                    envelope, body = self._replies.popleft()
+                    index, envelope, body = self._replies.popleft()
                     with contextlib.suppress(zmq.ZMQError):
-                        sock.send_multipart([*envelope, body], zmq.NOBLOCK)
+                        sockets[index].send_multipart([*envelope, body], zmq.NOBLOCK)
         except Exception:
             _log_exception("control endpoint: unexpected error, no longer serving")
         finally:
-            sock.close(0)
+            for s in sockets:
+                s.close(0)
+            if authenticator is not None:
+                authenticator.stop()
             context.term()
 
-    def _drain(self, sock: zmq.Socket[bytes]) -> None:
+    def _drain(self, sock: zmq.Socket[bytes], index: int) -> None:
+        """Socket 0 is the loopback endpoint (token checked), socket 1 the CURVE one."""
         for _ in range(256):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -383,12 +491,13 @@ class ControlServer:
             if not 2 <= len(frames) <= 3:
                 continue  # not a REQ or DEALER peer: nothing sensible to answer
             envelope, body = frames[:-1], frames[-1]
-            reply = self._accept(envelope, body)
+            reply = self._accept(envelope, body, index)
             if reply is not None:
                 with contextlib.suppress(zmq.ZMQError):
                     sock.send_multipart([*envelope, _pack(reply)], zmq.NOBLOCK)
 
-    def _accept(self, envelope: list[bytes], body: bytes) -> dict[str, Any] | None:
+    def _accept(self, envelope: list[bytes], body: bytes, index: int = 0
+                ) -> dict[str, Any] | None:
         """Check one request; returns the reply now, or None once queued to the pool."""
         self.requests += 1
         try:
@@ -396,7 +505,9 @@ class ControlServer:
         except Exception:  # msgpack raises several unrelated types on bad input
             request = None
         token = request.get("token") if isinstance(request, dict) else None
-        if not isinstance(token, str) or not hmac.compare_digest(
+        if index == 1 and isinstance(request, dict):
+            pass  # the CURVE endpoint: the ZAP handler already authenticated the key
+        elif not isinstance(token, str) or not hmac.compare_digest(
                 token.encode("utf-8", "replace"), self._token.encode()):
             self.refused += 1
             now = time.monotonic()
@@ -414,25 +525,28 @@ class ControlServer:
         if not isinstance(args, dict):
             return {"ok": False, "code": "bad_request", "error": "args must be a map"}
         try:
-            self._pool.submit(self._perform, envelope, str(op), handler, args)
+            self._pool.submit(self._perform, index, envelope, str(op), handler, args)
         except RuntimeError:  # pool shut down: we are stopping
             return {"ok": False, "code": "stopping", "error": "the system is shutting down"}
         return None
 
     # -- worker threads ----------------------------------------------------------------------
-    def _perform(self, envelope: list[bytes], op: str,
+    def _perform(self, index: int, envelope: list[bytes], op: str,
                  handler: Callable[[Mapping[str, Any]], Any], args: Mapping[str, Any]) -> None:
         try:
             reply: dict[str, Any] = {"ok": True, "result": plain(handler(args))}
         except _BadRequest as exc:
             reply = {"ok": False, "code": "bad_request", "error": f"{op}: {exc}"}
+        except ConfigError as exc:
+            reply = {"ok": False, "code": "config", "error_type": "ConfigError",
+                     "error": str(exc)}
         except SpearError as exc:
             reply = {"ok": False, "code": "error", "error_type": type(exc).__name__,
                      "error": str(exc)}
         except Exception as exc:
             _log_exception("control op {} failed", op)
             reply = {"ok": False, "code": "internal", "error": f"{op}: internal error: {exc}"}
-        self._replies.append((envelope, _pack(reply)))
+        self._replies.append((index, envelope, _pack(reply)))
         self._wake()
 
     def _op_ping(self, args: Mapping[str, Any]) -> Any:
@@ -473,6 +587,36 @@ class ControlServer:
         self.system.inject_crash(_arg(args, "target", str))
         return None
 
+    def _op_start(self, args: Mapping[str, Any]) -> Any:
+        return self.system.start_instance(_arg(args, "id", str))
+
+    def _op_scale(self, args: Mapping[str, Any]) -> Any:
+        count = _arg(args, "count", int)
+        return self.system.scale(_arg(args, "task_id", str), count)
+
+    def _op_tail(self, args: Mapping[str, Any]) -> Any:
+        lines, last = self.system.tail_since(_arg(args, "id", str), _arg(args, "n", int, 100),
+                                             _arg(args, "since", int, None))
+        return {"lines": lines, "last": last}
+
+    def _op_reload(self, args: Mapping[str, Any]) -> Any:
+        if self._reload is None:
+            raise SpearError("this system cannot reload (it was not started by `up`)")
+        return self._reload()
+
+    def _op_execute(self, args: Mapping[str, Any]) -> Any:
+        timeout = _arg(args, "timeout", (int, float), None)
+        return self.system.execute(_arg(args, "target", str), _arg(args, "data", bytes),
+                                   method=_arg(args, "method", str, ""),
+                                   timeout=None if timeout is None else float(timeout),
+                                   retries=_arg(args, "retries", int, 0))
+
+    def _op_shutdown(self, args: Mapping[str, Any]) -> Any:
+        if self._shutdown is None:
+            raise SpearError("this system cannot be shut down from here")
+        self._shutdown()
+        return {"pid": os.getpid()}
+
     def _op_create(self, args: Mapping[str, Any]) -> Any:
         try:
             config = from_mapping(InstanceConfig, _arg(args, "config", dict), "config")
@@ -508,9 +652,12 @@ class Attached:
     out). Close it (or use ``with``) to release the socket.
     """
 
-    def __init__(self, info: RunInfo, timeout: float = 5.0) -> None:
+    def __init__(self, info: RunInfo, timeout: float = 5.0,
+                 curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.info = info
         self.timeout = timeout
+        self._curve = curve  # (server public, client public, client secret): remote control
+        self._executor: ThreadPoolExecutor | None = None
         self._context = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
         self._lock = threading.Lock()
@@ -525,6 +672,9 @@ class Attached:
         self.close()
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         with self._lock:
             self._drop_socket()
             self._context.term()
@@ -543,6 +693,9 @@ class Attached:
             if self._sock is None:
                 sock = self._context.socket(zmq.REQ)
                 sock.setsockopt(zmq.LINGER, 0)
+                if self._curve is not None:
+                    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = \
+                        self._curve
                 sock.connect(self.info.endpoint)
                 self._sock = sock
             self._sock.setsockopt(zmq.SNDTIMEO, max(1, int(limit * 1000)))
@@ -568,7 +721,7 @@ class Attached:
         message = str(reply.get("error") or "control request failed")
         if reply.get("code") == "refused":
             raise AuthenticationError(message)
-        if reply.get("code") == "bad_request":
+        if reply.get("code") in ("bad_request", "config"):
             raise ConfigError(message)
         error_class = getattr(errors, str(reply.get("error_type")), None)
         if isinstance(error_class, type) and issubclass(error_class, SpearError):
@@ -618,6 +771,53 @@ class Attached:
         :meth:`SpearSystem.inject_crash <spear_actors.system.SpearSystem.inject_crash>`)."""
         self.request("inject_crash", {"target": target})
 
+    def start_instance(self, instance_id: str) -> bool:
+        """Bring a STOPPED or FAILED instance back under the same id with a fresh restart
+        budget; False if it is running already."""
+        return bool(self.request("start_instance", {"id": instance_id}))
+
+    def scale(self, task_id: str, count: int, timeout: float = 30.0) -> dict[str, list[str]]:
+        """Make ``task_id`` have ``count`` instances (see SpearSystem.scale)."""
+        return self.request("scale", {"task_id": task_id, "count": count},  # type: ignore
+                            timeout=timeout + self.timeout)
+
+    def tail(self, instance_id: str, n: int = 100) -> list[str]:
+        """The instance's last ``n`` output lines (stdout and stderr, across restarts)."""
+        return list(self.tail_since(instance_id, n)[0])
+
+    def tail_since(self, instance_id: str, n: int = 100, since: int | None = None
+                   ) -> tuple[list[str], int]:
+        """Lines after sequence number ``since`` and the newest one's number (to follow)."""
+        result = self.request("tail", {"id": instance_id, "n": n, "since": since})
+        return [str(line) for line in result["lines"]], int(result["last"])
+
+    def reload(self, timeout: float = 120.0) -> dict[str, Any]:
+        """Reread ``up``'s config file and apply it; ConfigError (nothing changed) if it is
+        invalid. Returns what changed (added, removed, scaled, restarted, notes, path)."""
+        return self.request("reload", timeout=timeout)  # type: ignore[no-any-return]
+
+    def execute(self, target: str, data: bytes, method: str = "",
+                timeout: float | None = None, retries: int = 0) -> bytes:
+        """Send ``data`` to an instance of task ``target`` (or instance ``target``); returns
+        the answer's bytes (raises what SpearSystem.execute raises)."""
+        limit = (60.0 if timeout is None else timeout) + self.timeout
+        result = self.request("execute", {"target": target, "data": bytes(data),
+                                          "method": method, "timeout": timeout,
+                                          "retries": retries}, timeout=limit)
+        return bytes(result)
+
+    def submit(self, target: str, data: bytes, method: str = "",
+               timeout: float | None = None, retries: int = 0) -> Future[bytes]:
+        """:meth:`execute` in a background thread of this handle; a Future of the answer."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix="spear-attached")
+        return self._executor.submit(self.execute, target, data, method, timeout, retries)
+
+    def shutdown(self) -> None:
+        """Ask ``up`` to stop gracefully, as SIGTERM would (returns once it accepted)."""
+        self.request("shutdown")
+
     def create_instance(self, task_id: str, config: InstanceConfig,
                         limits: ResourceLimits | None = None) -> str:
         """Launch one more instance of ``task_id``; returns its id (see wait_ready)."""
@@ -644,15 +844,46 @@ class Attached:
             time.sleep(0.05)
 
 
-def attach(run_dir: str | os.PathLike[str] | None = None, timeout: float = 5.0) -> Attached:
-    """Connect to the system serving ``run_dir`` (default: see :func:`resolve_run_dir`).
+def attach(run_dir: str | os.PathLike[str] | None = None, timeout: float = 5.0, *,
+           endpoint: str | None = None, server_key: str | None = None,
+           client_key_file: str | os.PathLike[str] | None = None) -> Attached:
+    """Connect to the system serving ``run_dir`` (default: see :func:`resolve_run_dir`), or,
+    with ``endpoint``, to a remote control endpoint: ``server_key`` is the server's Z85 public
+    key and ``client_key_file`` a secret certificate (``zmq.auth.create_certificates``) whose
+    public key the server authorises.
 
-    Raises NotRunning if no system is running there, TimeoutError if it does not answer.
+    Raises NotRunning if no system is running there, TimeoutError if it does not answer (a
+    remote server that refuses the key never answers).
     """
-    handle = Attached(read_run_file(resolve_run_dir(run_dir)), timeout)
+    if endpoint is None:
+        handle = Attached(read_run_file(resolve_run_dir(run_dir)), timeout)
+    else:
+        handle = Attached(RunInfo(endpoint=endpoint, token="", pid=0, started_at=0.0),
+                          timeout, _client_curve(server_key, client_key_file))
     try:
-        handle.ping()
+        info = handle.ping()
     except BaseException:
         handle.close()
         raise
+    if endpoint is not None:
+        handle.info = dataclasses.replace(handle.info, pid=int(info.get("pid", 0)))
     return handle
+
+
+def _client_curve(server_key: str | None, client_key_file: str | os.PathLike[str] | None
+                  ) -> tuple[bytes, bytes, bytes] | None:
+    if server_key is None and client_key_file is None:
+        return None
+    if server_key is None or client_key_file is None:
+        raise ConfigError("remote control needs both the server key and the client key file")
+    if len(server_key) != 40 or not _is_z85(server_key):
+        raise ConfigError("the server key must be a 40-character Z85 public key")
+    import zmq.auth
+
+    try:
+        public, secret = zmq.auth.load_certificate(os.fspath(client_key_file))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"client key file {os.fspath(client_key_file)}: {exc}") from None
+    if not secret:
+        raise ConfigError(f"client key file {os.fspath(client_key_file)} holds no secret key")
+    return server_key.encode(), public, secret

@@ -38,8 +38,8 @@ from .handle import ExitCallback, ManagedProcess, OutputCallback, Stream
 from .instance_cgroup import InstanceCgroup
 from .launch import ENV_ALLOWLIST, build_env, resolve_command, spawn
 from .output import MAX_LINE
-from .ring import DEFAULT_RING_LINES, OutputRings
 from .reaping import reap_adopted_orphans, set_child_subreaper
+from .ring import DEFAULT_RING_LINES, OutputRings
 from .watcher import ProcessWatcher, default_watcher
 
 __all__ = [
