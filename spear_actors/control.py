@@ -237,9 +237,8 @@ class _KeyAllowList:
         self.authorized = authorized
 
     def callback(self, domain: str, key: bytes) -> bool:
-        from zmq.utils import z85
-
-        return z85.encode(key) in self.authorized
+        """``key`` is the client's public key, already Z85-encoded by pyzmq."""
+        return bytes(key) in self.authorized
 
 
 # -- plain data ------------------------------------------------------------------------------
@@ -705,8 +704,13 @@ class Attached:
                 raw = self._sock.recv()
             except zmq.Again:
                 self._drop_socket()  # a REQ socket that missed its reply is stuck: replace it
-                raise TimeoutError(f"spear-actors (pid {self.info.pid}) did not answer {op!r} "
-                                   f"on {self.info.endpoint} within {limit} s") from None
+                who = (f"spear-actors (pid {self.info.pid})" if self.info.pid else
+                       "the remote spear-actors")
+                hint = (" (CURVE: a server key that does not match, or a client key the "
+                        "server does not authorise, is never answered)"
+                        if self._curve is not None else "")
+                raise TimeoutError(f"{who} did not answer {op!r} on {self.info.endpoint} "
+                                   f"within {limit} s{hint}") from None
             except zmq.ZMQError as exc:
                 self._drop_socket()
                 raise TransportError(f"control request {op!r} failed: {exc}") from exc

@@ -90,6 +90,11 @@ def test_commands_and_exit_codes(tmp_path: Path) -> None:
         assert (answer.returncode, answer.stdout) == (0, "hi there"), answer.stderr
         bad = _cli(run_dir, "execute", "nosuch", "x", "--timeout", "2")
         assert bad.returncode == 1 and bad.stderr and not bad.stdout
+        with attach(run_dir) as spear:  # the same through attach()
+            assert spear.execute("echo", b"one", method="echo") == b"one"
+            assert spear.submit("echo", b"two").result(10) == b"two"
+            assert spear.start_instance("echo-1") is False  # running already
+            assert spear.tail("echo-1") == []  # the echo example says nothing until it stops
         # scale up, then down: the instances that stay keep their pids
         assert _cli(run_dir, "scale", "echo", "3").returncode == 0
         wait_until(lambda: _status_code(run_dir) == 0 and len(_pids(run_dir)) == 3, 20)
