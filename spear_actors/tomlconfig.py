@@ -10,6 +10,8 @@ Layout (all tables optional; see the commented ``spear.toml`` at the repository 
     [system]      work_dir, capacity_cpus, capacity_memory, isolation, [system.service_restart]
     [connection]  ConnectionConfig fields
     [monitoring]  MonitoringConfig fields
+    [control]     endpoint, server_secret_key_file, authorized_keys_file (remote control:
+                  beyond loopback only with both key files, i.e. CURVE)
     [[tasks]]     name, command, instances, resources = {ResourceLimits fields},
                   and the InstanceConfig fields (env, restart = {RestartPolicy fields}, ...)
 
