@@ -18,4 +18,5 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/nu
   echo "spear: environment ready" >&2
 fi
 export PATH="$VENV/bin:$PATH"
-cd "$ROOT"
+# no `cd` here: spear-up resolves --config (and relative paths) from the caller's directory;
+# the scripts that work on the repository itself (test, bench, soak) cd to "$ROOT" themselves

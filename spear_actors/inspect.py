@@ -60,7 +60,7 @@ class SupervisionTree:
         for node in self.instances:
             info: InstanceInfo = node["info"]
             nodes.append({
-                "instance_id": info.id, "task_id": info.task_id,
+                "id": info.id, "task_id": info.task_id,
                 "supervisor": {"alive": node["supervisor_alive"],
                                "restart_policy": node["restart_policy"]},
                 "state": info.state.value, "pid": info.pid, "restarts": info.restarts,
@@ -94,10 +94,11 @@ class SupervisionTree:
             entries.append((f"{name} [{_alive(alive)}]{extra}", []))
         for node in data["instances"]:
             policy = node["supervisor"]["restart_policy"]
-            head = (f"SupervisorActor[{node['instance_id']}] "
+            head = (f"SupervisorActor[{node['id']}] "
                     f"[{_alive(node['supervisor']['alive'])}] {policy['mode']}, "
-                    f"restarts {node['restarts']}/{node['max_restarts']}")
-            child = (f"InstanceActor[{node['instance_id']}] {node['state'].upper()}"
+                    f"restarts {node['restarts']} (limit {node['max_restarts']} in "
+                    f"{policy['window']:g} s)")
+            child = (f"InstanceActor[{node['id']}] {node['state'].upper()}"
                      f" pid {node['pid'] if node['pid'] is not None else '-'}"
                      f" {node['connection_id'] or 'no connection'}"
                      f" up {_uptime(node['started_at'], self.taken_at)}")

@@ -115,6 +115,32 @@ class StopInstance:
 
 
 @dataclass(frozen=True)
+class StartInstance:
+    """ask -> bool: bring a STOPPED or FAILED instance back under the same id with a fresh
+    restart budget (False if it is running already). With ``config``/``limits`` the instance
+    runs those from now on (a reload's rolling restart; it must be stopped first)."""
+
+    instance_id: str
+    config: InstanceConfig | None = None
+    limits: ResourceLimits | None = None
+
+
+@dataclass(frozen=True)
+class ScaleTask:
+    """ask -> {"created": [ids], "removed": [ids]}: make task ``task_id`` have ``count``
+    instances. New ones run ``config``/``limits`` if given (which become the task's
+    template), else the task's template; removed ones (the newest first) are stopped and
+    no longer listed once stopped. ``forget`` drops the task's template too (a reload
+    removed the task)."""
+
+    task_id: str
+    count: int
+    config: InstanceConfig | None = None
+    limits: ResourceLimits | None = None
+    forget: bool = False
+
+
+@dataclass(frozen=True)
 class RestartInstance:
     """ask -> None: operator restart (InstanceFailed if it is STOPPED or FAILED)."""
 

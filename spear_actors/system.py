@@ -40,11 +40,13 @@ from .messages import (
     ListInstances,
     Query,
     RestartInstance,
+    ScaleTask,
+    StartInstance,
     StopInstance,
     Submission,
     WatchState,
 )
-from .process import Isolation, ProcessWatcher
+from .process import Isolation, OutputRings, ProcessWatcher
 from .records import ConnectionState, Event, InstanceInfo, InstanceState
 from .scheduler import Scheduler
 
@@ -72,6 +74,7 @@ class SpearSystem:
         self._runtime: pykka.ActorRef[Any] | None = None
         self._intake: SubmissionQueue | None = None
         self._children = ActorSet()
+        self._output = OutputRings()
         self.endpoint = ""
         self.port: int | None = None
         self._failure: SystemFailed | None = None
@@ -92,7 +95,8 @@ class SpearSystem:
 
     def _boot(self) -> None:
         runtime = RuntimeActor.start(self.config, self.work_dir, self._scheduler,
-                                     self._watcher, self._escalated, self._isolation)
+                                     self._watcher, self._escalated, self._isolation,
+                                     output=self._output)
         self._runtime = runtime
         boot: BootInfo = self._ask(runtime, Boot())
         self.endpoint, self.port = boot.endpoint, boot.port
@@ -304,6 +308,57 @@ class SpearSystem:
     def restart_instance(self, instance_id: str) -> None:
         """Replace the process now (operator restart: not counted against the policy)."""
         self._ask(self.runtime, RestartInstance(instance_id, "operator"))
+
+    def start_instance(self, instance_id: str, *, config: InstanceConfig | None = None,
+                       limits: ResourceLimits | None = None) -> bool:
+        """Bring a STOPPED or FAILED instance back under the same id, with a fresh restart
+        budget; returns False if it is running already (nothing done). ``config``/``limits``
+        replace what it runs (a reload's rolling restart: the instance must be stopped)."""
+        return bool(self._ask(self.runtime, StartInstance(instance_id, config, limits)))
+
+    def scale(self, task_id: str, count: int, *, config: InstanceConfig | None = None,
+              limits: ResourceLimits | None = None, timeout: float = 30.0
+              ) -> dict[str, list[str]]:
+        """Make task ``task_id`` have ``count`` instances: more are created like its newest
+        one (or from ``config``), the newest are stopped and removed (running ones keep their
+        pids). Returns ``{"created": [...], "removed": [...]}`` once the removed ones are
+        gone (TimeoutError after ``timeout``); the created ones may still be starting."""
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ConfigError(f"scale: the count must be an integer, got {count!r}")
+        result: dict[str, list[str]] = self._ask(self.runtime, ScaleTask(
+            task_id, count, config, limits))
+        deadline = time.monotonic() + timeout
+        removed = set(result["removed"])
+        while removed & {i.id for i in self._runtime_infos(task_id)}:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"scale {task_id}: {sorted(removed)} not stopped within "
+                                   f"{timeout} s")
+            self._failed.wait(0.02)
+        return result
+
+    def remove_task(self, task_id: str, timeout: float = 30.0) -> list[str]:
+        """Stop and remove every instance of ``task_id`` and forget the task (a reload
+        removed it); returns the removed ids."""
+        result: dict[str, list[str]] = self._ask(self.runtime, ScaleTask(
+            task_id, 0, forget=True))
+        deadline = time.monotonic() + timeout
+        while self._runtime_infos(task_id):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"task {task_id} not stopped within {timeout} s")
+            self._failed.wait(0.02)
+        return result["removed"]
+
+    def tail(self, instance_id: str, n: int = 100) -> list[str]:
+        """The instance's last ``n`` output lines (stdout and stderr, across its restarts;
+        a ring of 1 000 lines each)."""
+        return self.tail_since(instance_id, n)[0]
+
+    def tail_since(self, instance_id: str, n: int = 100, since: int | None = None
+                   ) -> tuple[list[str], int]:
+        """:meth:`tail` after sequence number ``since``, and the newest line's number (to
+        follow: pass it back)."""
+        self.instance(instance_id)  # SpearError if there is no such instance
+        return self._output.tail(instance_id, n, since)
 
     def inject_crash(self, target: str) -> None:
         """Chaos and drills: make one actor fail as a bug would (DESIGN.md section 7).

@@ -10,6 +10,8 @@ Layout (all tables optional; see the commented ``spear.toml`` at the repository 
     [system]      work_dir, capacity_cpus, capacity_memory, isolation, [system.service_restart]
     [connection]  ConnectionConfig fields
     [monitoring]  MonitoringConfig fields
+    [control]     endpoint, server_secret_key_file, authorized_keys_file (remote control:
+                  beyond loopback only with both key files, i.e. CURVE)
     [[tasks]]     name, command, instances, resources = {ResourceLimits fields},
                   and the InstanceConfig fields (env, restart = {RestartPolicy fields}, ...)
 
@@ -47,10 +49,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["PYTHON_PLACEHOLDER", "SpearFile", "TaskSpec", "load", "parse", "parse_size"]
+__all__ = ["PYTHON_PLACEHOLDER", "ControlSettings", "SpearFile", "TaskSpec", "load", "parse",
+           "parse_size"]
 
 PYTHON_PLACEHOLDER = "{python}"
-_TOP_KEYS = ("connection", "monitoring", "system", "tasks")
+_TOP_KEYS = ("connection", "control", "monitoring", "system", "tasks")
+_CONTROL_KEYS = ("authorized_keys_file", "endpoint", "server_secret_key_file")
+_ENDPOINT = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.*-]+):(\d{1,5})")
+_LOOPBACK = ("127.", "localhost", "[::1]")
 _SYSTEM_KEYS = ("capacity_cpus", "capacity_memory", "isolation", "service_restart", "work_dir")
 _TASK_KEYS = ("instances", "name", "resources")
 _INSTANCE_KEYS = tuple(f.name for f in dataclasses.fields(InstanceConfig) if f.init)
@@ -71,12 +77,36 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class ControlSettings:
+    """``[control]``: where the control endpoint binds. Beyond loopback only with CURVE:
+    ``server_secret_key_file`` (a ``zmq.auth.create_certificates`` secret certificate) and
+    ``authorized_keys_file`` (one Z85 client public key per line); paths are absolute."""
+
+    endpoint: str
+    server_secret_key_file: str | None = None
+    authorized_keys_file: str | None = None
+
+    @property
+    def curve(self) -> bool:
+        return self.server_secret_key_file is not None
+
+    @property
+    def host(self) -> str:
+        return self.endpoint[len("tcp://"):].rsplit(":", 1)[0]
+
+    @property
+    def loopback(self) -> bool:
+        return self.host.startswith(_LOOPBACK)
+
+
+@dataclass(frozen=True)
 class SpearFile:
     """A parsed configuration file."""
 
     system: SystemConfig
     tasks: tuple[TaskSpec, ...]
     source: str
+    control: ControlSettings | None = None
 
     @property
     def instance_count(self) -> int:
@@ -169,7 +199,38 @@ def _build(data: dict[str, Any], source: str, base_dir: str) -> SpearFile:
         if any(t.name == task.name for t in tasks):
             raise ConfigError(f"tasks[{i}].name: task {task.name!r} is defined twice")
         tasks.append(task)
-    return SpearFile(system=system, tasks=tuple(tasks), source=source)
+    control = _control(data["control"], base_dir) if "control" in data else None
+    return SpearFile(system=system, tasks=tuple(tasks), source=source, control=control)
+
+
+def _control(value: object, base_dir: str) -> ControlSettings:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"control: expected a table, got {type(value).__name__}")
+    table = dict(value)
+    _unknown(table, _CONTROL_KEYS, "control")
+    endpoint = table.get("endpoint")
+    if not isinstance(endpoint, str) or not _ENDPOINT.fullmatch(endpoint):
+        raise ConfigError(f"control.endpoint: expected \"tcp://ADDRESS:PORT\", got {endpoint!r}")
+    files: dict[str, str | None] = {}
+    for key in ("server_secret_key_file", "authorized_keys_file"):
+        path = table.get(key)
+        if path is not None and not isinstance(path, str):
+            raise ConfigError(f"control.{key}: expected a path, got {type(path).__name__}")
+        files[key] = _path(base_dir, path) if path else None
+        if files[key] is not None and not os.path.isfile(str(files[key])):
+            raise ConfigError(f"control.{key}: no such file {files[key]}")
+    settings = ControlSettings(endpoint, files["server_secret_key_file"],
+                               files["authorized_keys_file"])
+    given = [k for k, v in files.items() if v is not None]
+    if len(given) == 1:
+        missing = next(k for k, v in files.items() if v is None)
+        raise ConfigError(f"control.{missing}: missing (CURVE needs both "
+                          "server_secret_key_file and authorized_keys_file)")
+    if not given and not settings.loopback:
+        raise ConfigError(f"control.endpoint: {endpoint} is beyond loopback: give "
+                          "server_secret_key_file and authorized_keys_file (CURVE), or bind "
+                          "127.0.0.1")
+    return settings
 
 
 def _task(entry: object, where: str, base_dir: str) -> TaskSpec:

@@ -42,31 +42,18 @@ def no_child_processes_left() -> Iterator[None]:
 def no_cgroups_left() -> Iterator[None]:
     """Fail the test if it leaves a ``spear*`` cgroup directory that was not there before
     (the cgroups of a spearlet go when it shuts down, or with its guardian if it is killed)."""
-    before = spear_cgroup_dirs()
+    before = spear_cgroup_dirs()  # it leaves out the live spearlets of other runs
     yield
-
-    def ours() -> set[str]:
-        """New ones whose spearlet is this process or gone: a live spearlet of another test
-        run on this machine (named ``spear-<its pid>-<n>``) owns and removes its own."""
-        return {path for path in spear_cgroup_dirs() - before
-                if _owner(path) in (None, os.getpid()) or not psutil.pid_exists(_owner(path)
-                                                                              or 0)}
-
     try:
-        wait_until(lambda: not ours(), timeout=5.0, message="spear cgroups to be removed")
+        wait_until(lambda: not spear_cgroup_dirs() - before, timeout=5.0,
+                   message="spear cgroups to be removed")
     except AssertionError:
-        left = sorted(ours())
+        left = sorted(spear_cgroup_dirs() - before)
         for path in left:  # children first
             for dirpath, _dirs, _files in sorted(os.walk(path), key=lambda w: -len(w[0])):
                 with contextlib.suppress(OSError):
                     os.rmdir(dirpath)
         pytest.fail(f"test left cgroups behind: {left}")
-
-
-def _owner(path: str) -> int | None:
-    """The spearlet pid in a ``spear-<pid>-<n>`` cgroup name (None if it has none)."""
-    parts = os.path.basename(path).split("-")
-    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
 
 
 @pytest.fixture

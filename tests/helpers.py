@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -75,5 +76,21 @@ def spear_cgroup_dirs() -> set[str]:
             base = os.path.join(fields[4], path.lstrip("/"))
             with contextlib.suppress(OSError):
                 found.update(os.path.join(base, name) for name in os.listdir(base)
-                             if name.startswith("spear"))
+                             if name.startswith("spear") and not _anothers(name))
     return found
+
+
+def _anothers(name: str) -> bool:
+    """``spear-<pid>-...`` made by a live spearlet that is neither this process nor one it
+    started (another test run or a benchmark sharing the machine's cgroups)."""
+    match = re.match(r"spear-(\d+)-", name)
+    if match is None:
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return not any(p.pid == os.getpid() for p in proc.parents())
+    except psutil.Error:
+        return False  # gone: if it was ours, what it left is ours

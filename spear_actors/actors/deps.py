@@ -15,7 +15,7 @@ from typing import Any
 
 import pykka
 
-from ..process import Isolation, ProcessWatcher
+from ..process import Isolation, OutputRings, ProcessWatcher
 from ..scheduler import Scheduler
 
 __all__ = ["ActorSet", "Deps", "ListenerInfo", "ServiceHandle", "ServiceLink", "Services",
@@ -126,6 +126,8 @@ class Deps:
     children: ActorSet = field(default_factory=ActorSet, compare=False)
     isolation: Isolation | None = None
     """The spearlet's cgroups (None, or mode ``rlimit``: instances get no cgroup)."""
+    output: OutputRings = field(default_factory=OutputRings, compare=False)
+    """Every instance's recent output lines (``tail``), fed by the watcher thread."""
 
     @property
     def connection(self) -> ServiceHandle:

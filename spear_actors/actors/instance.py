@@ -25,6 +25,7 @@ a restarted task manager gets the route, a restarted monitor the pid.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -64,6 +65,16 @@ from .deps import Deps, safe_tell
 
 __all__ = ["InstanceActor"]
 
+_LAST_LINES = 5
+"""Output lines quoted in ``last_error`` when an instance ends before it authenticated."""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
 UNHEALTHY_REASONS = frozenset({"heartbeat_timeout", "idle_timeout", "protocol_error"})
 STOP_GRACE = 1.0  # seconds after SIGNAL stop before SIGTERM
 
@@ -95,6 +106,8 @@ class InstanceActor(pykka.ThreadingActor):
         self._proc: ManagedProcess | None = None
         self._cgroup: InstanceCgroup | None = None
         self._connection_id: str | None = None
+        self._ever_authenticated = False
+        self._output_mark = 0
         self._session_id: str | None = None
         self._routing_id: bytes | None = None
         self._listener_tag: bytes | None = None
@@ -176,9 +189,11 @@ class InstanceActor(pykka.ThreadingActor):
             except OSError as exc:
                 raise SpawnError(f"cannot make the cgroup of {self.instance_id}: {exc}") from exc
         try:
+            self._output_mark = deps.output.mark(self.instance_id)
             self._proc = spawn(argv=self.argv, env=env, cwd=self.cwd, limits=self.limits,
                                instance_id=self.instance_id, on_exit=on_exit,
-                               watcher=deps.watcher, cgroup=self._cgroup)
+                               on_output=deps.output.append, watcher=deps.watcher,
+                               cgroup=self._cgroup)
         except BaseException:
             self._remove_cgroup()
             raise
@@ -224,6 +239,7 @@ class InstanceActor(pykka.ThreadingActor):
             return
         self._cancel_timer()
         self._connection_id = connection_id
+        self._ever_authenticated = True
         self._session_id = session_id
         self._routing_id = routing_id
         # route before publishing READY: whoever wait_ready()s may submit at once, and the
@@ -342,10 +358,22 @@ class InstanceActor(pykka.ThreadingActor):
         elif self._exit_reason is not None:
             reason, abnormal = self._exit_reason, True
             cause = reason.split(":")[0].replace(" ", "_")  # heartbeat_timeout, spawn_failed
+        elif exit_code is not None and exit_code < 0:
+            name = _signal_name(-exit_code)
+            reason, abnormal, cause = f"killed by {name}", True, "signal"
+            extra["signal"] = name
         else:
             reason = f"exited with code {exit_code}"
             abnormal = exit_code != 0
-            cause = "signal" if exit_code is not None and exit_code < 0 else "exit"
+            cause = "exit"
+        if abnormal and self._connection_id is None and not self._ever_authenticated:
+            # it never got as far as authenticating: its last words say why (a missing file,
+            # an import error), which would otherwise only reach up's console
+            lines, _ = self._deps.output.tail(self.instance_id, _LAST_LINES,
+                                              since=self._output_mark)
+            if lines:
+                reason = f"{reason}; last output: {' | '.join(lines)}"
+                self._exit_reason = reason
         self._event("InstanceExited", exit_code=exit_code, reason=reason, cause=cause,
                     pid=self._proc.pid if self._proc else None, generation=self.generation,
                     **extra)

@@ -24,7 +24,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psutil
@@ -53,14 +53,16 @@ from ..messages import (
     RecordEvent,
     RestartInstance,
     RestartSupervised,
+    ScaleTask,
     ServiceFailed,
+    StartInstance,
     StopInstance,
     StopSupervised,
     SupervisorDone,
     SupervisorFailed,
     WatchState,
 )
-from ..process import Isolation, ProcessWatcher, resolve_command
+from ..process import Isolation, OutputRings, ProcessWatcher, resolve_command
 from ..records import InstanceInfo, InstanceState
 from ..scheduler import Scheduler
 from .deps import ActorSet, Deps, safe_tell
@@ -95,6 +97,8 @@ class _Entry:
     supervisor: pykka.ActorRef[Any] | None
     created_at: float
     generation: int = 0
+    removing: bool = False
+    """Scaled down or removed by a reload: dropped from the table once its supervisor ends."""
     watchers: list[tuple[frozenset[InstanceState], threading.Event]] = field(
         default_factory=list)
 
@@ -104,8 +108,12 @@ class RuntimeActor(pykka.ThreadingActor):
 
     def __init__(self, config: SystemConfig, work_dir: str, scheduler: Scheduler,
                  watcher: ProcessWatcher, escalate: Escalate,
-                 isolation: Isolation | None = None) -> None:
+                 isolation: Isolation | None = None, output: OutputRings | None = None
+                 ) -> None:
         super().__init__()
+        self._output = output or OutputRings()
+        self._templates: dict[str, tuple[InstanceConfig, ResourceLimits]] = {}
+        """The config of each task's newest instance: what ``ScaleTask`` starts more of."""
         self.config = config
         self.work_dir = work_dir
         self._scheduler = scheduler
@@ -146,6 +154,16 @@ class RuntimeActor(pykka.ThreadingActor):
                 entry = self._entries.get(instance_id)
                 if entry is not None:
                     entry.supervisor = None
+                    if entry.removing:
+                        self._drop(instance_id)
+            case StartInstance(instance_id, config, limits):
+                if self.failure is not None:
+                    raise self.failure
+                return self._start_instance(instance_id, config, limits)
+            case ScaleTask(task_id, count, config, limits, forget):
+                if self.failure is not None:
+                    raise self.failure
+                return self._scale(task_id, count, config, limits, forget)
             case GetSupervisor(instance_id):
                 entry = self._entries.get(instance_id)
                 return entry.supervisor if entry else None
@@ -186,7 +204,7 @@ class RuntimeActor(pykka.ThreadingActor):
         info = tree.boot(self._known_routes)
         self.deps = Deps(runtime=self.actor_ref, services=tree.services,
                          scheduler=self._scheduler, watcher=self._watcher, listener=info,
-                         isolation=self._isolation)
+                         isolation=self._isolation, output=self._output)
         return BootInfo(info.endpoint, info.port, tree.intake, self.deps.children)
 
     # -- self-supervision ------------------------------------------------------------------------
@@ -280,6 +298,26 @@ class RuntimeActor(pykka.ThreadingActor):
                 f"task {task_id}: ResourceLimits.network='none' leaves the instance no network, "
                 "so it can only reach the spearlet over ipc: set ConnectionConfig.transport="
                 f"'ipc' (it is {self.deps.listener.transport!r})")
+        self._admit(task_id, limits)
+        instance_id = f"{task_id}-{next(self._counter)}"
+        cwd = config.working_dir or os.path.join(self.work_dir, instance_id)
+        os.makedirs(cwd, mode=0o700, exist_ok=True)
+        argv = resolve_command(config.command, cwd)  # SpawnError now, not in a restart loop
+        info = InstanceInfo(id=instance_id, task_id=task_id, state=InstanceState.CREATING,
+                            pid=None, restarts=0, connection_id=None, session_id=None,
+                            started_at=None, last_exit_code=None, last_error=None)
+        entry = _Entry(task_id, config, limits, argv, cwd, info, None, time.time())
+        self._entries[instance_id] = entry
+        self._templates[task_id] = (config, limits)
+        safe_tell(self.deps.monitor, RecordEvent("InstanceCreated", {
+            "instance_id": instance_id, "task_id": task_id, "command": list(argv)},
+            time.time()))
+        self._start_supervisor(instance_id, entry, 0, None)
+        self._log.info("created instance {} of task {}", instance_id, task_id)
+        return instance_id
+
+    def _admit(self, task_id: str, limits: ResourceLimits) -> None:
+        """InsufficientResources unless ``limits`` fit beside every running instance."""
         cpus, memory = self._allocated()
         if limits.cpus and cpus + limits.cpus > self.capacity_cpus:
             raise InsufficientResources(
@@ -290,21 +328,67 @@ class RuntimeActor(pykka.ThreadingActor):
             raise InsufficientResources(
                 f"task {task_id}: {limits.memory_bytes >> 20} MiB asked, {free >> 20} MiB of "
                 f"{self.capacity_memory >> 20} MiB free")
-        instance_id = f"{task_id}-{next(self._counter)}"
-        cwd = config.working_dir or os.path.join(self.work_dir, instance_id)
-        os.makedirs(cwd, mode=0o700, exist_ok=True)
-        argv = resolve_command(config.command, cwd)  # SpawnError now, not in a restart loop
-        info = InstanceInfo(id=instance_id, task_id=task_id, state=InstanceState.CREATING,
-                            pid=None, restarts=0, connection_id=None, session_id=None,
-                            started_at=None, last_exit_code=None, last_error=None)
-        entry = _Entry(task_id, config, limits, argv, cwd, info, None, time.time())
-        self._entries[instance_id] = entry
-        safe_tell(self.deps.monitor, RecordEvent("InstanceCreated", {
-            "instance_id": instance_id, "task_id": task_id, "command": list(argv)},
-            time.time()))
+
+    def _start_instance(self, instance_id: str, config: InstanceConfig | None,
+                        limits: ResourceLimits | None) -> bool:
+        """``start``: a finished instance runs again under its id, with a fresh budget."""
+        entry = self._entries.get(instance_id)
+        if entry is None or entry.removing:
+            raise SpearError(f"no instance {instance_id!r}")
+        if entry.supervisor is not None:
+            if config is not None or limits is not None:
+                raise SpearError(f"instance {instance_id} is {entry.info.state.value}: stop it "
+                                 "before giving it a new configuration")
+            return False  # running already
+        new_limits = limits or entry.limits
+        self._admit(entry.task_id, new_limits)
+        if config is not None:
+            cwd = config.working_dir or os.path.join(self.work_dir, instance_id)
+            os.makedirs(cwd, mode=0o700, exist_ok=True)
+            entry.argv = resolve_command(config.command, cwd)
+            entry.config, entry.cwd = config, cwd
+        entry.limits = new_limits
+        entry.info = replace(entry.info, state=InstanceState.CREATING, pid=None, restarts=0)
+        self._notify(entry)
         self._start_supervisor(instance_id, entry, 0, None)
-        self._log.info("created instance {} of task {}", instance_id, task_id)
-        return instance_id
+        self._log.info("started instance {} again (fresh restart budget)", instance_id)
+        return True
+
+    def _scale(self, task_id: str, count: int, config: InstanceConfig | None,
+               limits: ResourceLimits | None, forget: bool) -> dict[str, list[str]]:
+        if count < 0:
+            raise ConfigError(f"scale {task_id}: the count must be >= 0, got {count}")
+        if config is not None:
+            self._templates[task_id] = (config, limits or ResourceLimits())
+        live = [iid for iid, e in self._entries.items()
+                if e.task_id == task_id and not e.removing]
+        template = self._templates.get(task_id)
+        if template is None and not live:
+            raise SpearError(f"no task {task_id!r}")
+        created: list[str] = []
+        removed: list[str] = []
+        if count > len(live):
+            assert template is not None
+            for _ in range(count - len(live)):
+                created.append(self._create(task_id, *template))
+        for instance_id in reversed(live[count:]):  # the newest first
+            removed.append(instance_id)
+            entry = self._entries[instance_id]
+            entry.removing = True
+            if entry.supervisor is None or not safe_tell(entry.supervisor,
+                                                         StopSupervised("removed")):
+                self._drop(instance_id)
+        if forget:
+            self._templates.pop(task_id, None)
+        return {"created": created, "removed": removed}
+
+    def _drop(self, instance_id: str) -> None:
+        entry = self._entries.pop(instance_id, None)
+        self._output.drop(instance_id)
+        if entry is not None:
+            for _, event in entry.watchers:
+                event.set()
+            self._log.info("instance {} removed", instance_id)
 
     def _start_supervisor(self, instance_id: str, entry: _Entry, restarts: int,
                           last_error: str | None) -> None:

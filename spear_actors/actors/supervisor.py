@@ -189,7 +189,8 @@ class SupervisorActor(pykka.ThreadingActor):
         self._log.warning("restarting in {:.3f} s (attempt {}): {}", delay, self.restarts,
                           reason)
         self._publish(InstanceState.RESTARTING)
-        self._event("InstanceRestarting", attempt=self.restarts, delay=delay, reason=reason,
+        self._event("InstanceRestarting", attempt=self.restarts, delay=round(delay, 3),
+                    reason=reason,
                     exit_code=exit_code)
         generation, ref = self.generation, self.actor_ref
         self._restart_timer = self._deps.scheduler.call_later(

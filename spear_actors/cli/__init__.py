@@ -10,13 +10,16 @@ One module per job:
 - :mod:`.console`: ``up``'s progress and status output, which a dead stream never breaks;
   exit codes.
 - :mod:`.repl`: the ``up --repl`` console.
-- :mod:`.commands`: ``status``, ``tree``, ``events``, ``metrics``, ``restart``, ``stop``, which
-  talk to a running ``up`` through :func:`spear_actors.control.attach` (no pykka imported).
+- :mod:`.commands`: ``status``, ``start``, ``stop``, ``restart``, ``tail``, ``reload``,
+  ``scale``, ``execute``, ``shutdown``, ``tree``, ``events``, ``metrics``, which talk to a
+  running ``up`` through :func:`spear_actors.control.attach` (no pykka imported); the global
+  ``--endpoint``/``--server-key``/``--client-key-file`` reach a remote one over CURVE.
 - :mod:`.registry`: the command table :func:`build_parser` is built from; adding a command is
   one decorated function.
 
 Exit codes: 0 fine, 1 failure or no system running (or output lost: stdout or stderr was
-closed under us), 2 bad configuration or usage, 130 forced.
+closed under us), 2 bad configuration or usage, 3 ``status``: not every named instance is
+READY/BUSY, 4 a name matches nothing, 130 forced.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from .. import __version__
 from ..errors import SpearError
 from . import commands, up  # noqa: F401  (importing them registers their commands)
 from .console import EXIT_FAILURE, fail, settle_streams
-from .registry import add_commands
+from .registry import add_commands, command
 
 __all__ = ["build_parser", "main"]
 
@@ -37,8 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spear-actors", description="Spear node agent: supervised instances over ZeroMQ.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    remote = parser.add_argument_group(
+        "remote control", "reach an `up` on another host through its CURVE endpoint "
+        "([control] in its spear.toml) instead of the local run directory")
+    remote.add_argument("--endpoint", metavar="tcp://HOST:PORT")
+    remote.add_argument("--server-key", metavar="Z85", help="the server's public key")
+    remote.add_argument("--client-key-file", metavar="CERT",
+                        help="a secret certificate (zmq.auth.create_certificates) whose "
+                             "public key the server authorises")
     add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     return parser
+
+
+def _help_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("topic", nargs="?", metavar="COMMAND")
+
+
+@command("help", "this list, or one command's options", _help_options, attached=False)
+def cmd_help(args: argparse.Namespace) -> int:
+    parser = build_parser()
+    if args.topic is None:
+        parser.print_help()
+        return 0
+    try:
+        parser.parse_args([args.topic, "--help"])
+    except SystemExit as exc:  # argparse's way out after printing the help (or an error)
+        return int(exc.code or 0)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

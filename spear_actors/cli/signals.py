@@ -145,6 +145,17 @@ class Signals:
         new, self._hangups = self._hangups, 0
         return new
 
+    def request_stop(self, reason: str) -> None:
+        """Ask for the graceful shutdown as SIGTERM would (``spear-actors shutdown``). Any
+        thread: plain flag writes, then a wake-up (and, under ``--repl``, the console left)."""
+        if self.stopping:
+            return
+        self.received = reason
+        self.requested = True
+        if self.in_repl:
+            self.leave_repl()
+        self.wake.poke()
+
     def leave_repl(self) -> None:
         """Make the main thread leave the ``--repl`` console as if by SIGTERM, without a
         shutdown request of its own (the caller has its reason). Any thread; a real signal

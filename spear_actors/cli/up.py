@@ -6,8 +6,10 @@ task's instances (:func:`launch`, a bounded wait until all are READY), then wait
 :func:`watch`, showing a live status line (a periodic log line when stderr is not a
 terminal), or runs the interactive console (``--repl``). It stops when a SIGINT/SIGTERM asks
 for it (see :mod:`.signals`), when the console is left, or when the system fails
-(:attr:`SpearSystem.failure`: the reason is printed and ``up`` exits 1); SIGHUP is reported
-and changes nothing yet. :func:`spear_actors.cli.shutdown.shut_down` then stops everything.
+(:attr:`SpearSystem.failure`: the reason is printed and ``up`` exits 1), or when
+``spear-actors shutdown`` asks. SIGHUP rereads the config file (:class:`~spear_actors.reload.
+Reloader`, the same as ``spear-actors reload``); a broken file is reported and changes
+nothing. :func:`spear_actors.cli.shutdown.shut_down` then stops everything.
 
 Threads: the main thread does all of the above. A daemon thread (``spear-up-failure``) only
 waits for the system's failure and wakes the waiting loop at once. Under ``--repl`` the
@@ -42,6 +44,7 @@ from .signals import Signals, Terminate
 if TYPE_CHECKING:
     from ..control import ControlServer, RunInfo
     from ..exporter import Exporter
+    from ..reload import Reloader
     from ..system import SpearSystem
     from ..tomlconfig import SpearFile
 
@@ -70,11 +73,16 @@ def _up_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", metavar="DIR", help="where the control run file goes")
 
 
+def _config_path(path: str | None) -> str | None:
+    """The absolute path of the file to load (relative to the caller's directory)."""
+    if path is None and os.path.exists(DEFAULT_CONFIG):
+        path = DEFAULT_CONFIG
+    return os.path.abspath(path) if path is not None else None
+
+
 def _load_config(path: str | None) -> SpearFile:
     from .. import tomlconfig
 
-    if path is None and os.path.exists(DEFAULT_CONFIG):
-        path = DEFAULT_CONFIG
     if path is None:
         return tomlconfig.parse("", "(no --config and no ./spear.toml)")
     return tomlconfig.load(path)
@@ -88,12 +96,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     console = Console(json_logs=args.log_json)
     setup_logging(args.log_level or ("WARNING" if args.repl else "INFO"), json=args.log_json,
                   status=console.live, stream=console.err)  # above the live line, if any
+    from ..control import ControlServer, RemoteAccess, claim_run_dir, resolve_run_dir
+
+    config_path = _config_path(args.config)
     try:
-        spec = _load_config(args.config)
+        spec = _load_config(config_path)
         metrics_port = _metrics_port(args, spec)
+        remote = (RemoteAccess.load(spec.control)
+                  if spec.control is not None and spec.control.curve else None)
     except ConfigError as exc:
         return console.fail(f"config error: {exc}", EXIT_USAGE)
-    from ..control import ControlServer, claim_run_dir, resolve_run_dir
+    console.line(f"config: {config_path or '(none: an empty system)'}")
     from ..process import set_child_subreaper
     from ..system import SpearSystem
 
@@ -113,8 +126,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     outcome = EXIT_FAILURE
     control: ControlServer | None = None
     exporter: Exporter | None = None
+    from ..reload import Reloader
+
+    reloader = Reloader(system, config_path, spec)
+    local = spec.control.endpoint if spec.control is not None and remote is None else None
     try:
-        control = ControlServer(system, run_dir)
+        control = ControlServer(system, run_dir, bind_endpoint=local, remote=remote,
+                                reload=lambda: reloader.reload().as_dict(),
+                                shutdown=lambda: signals.request_stop("shutdown command"))
         signals.on_force.append(control.remove_run_file)
         info = control.start()
         if metrics_port is not None:
@@ -122,7 +141,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
             exporter = start_exporter(system, metrics_port, spec.system.monitoring.metrics_host)
             console.line(f"Prometheus metrics at {exporter.url}")
-        outcome = _serve(args, system, spec, console, signals, info)
+        if control.remote_endpoint:
+            console.line(f"remote control on {control.remote_endpoint} (CURVE)")
+        outcome = _serve(args, system, spec, console, signals, info, reloader)
     except SpearError as exc:
         console.clear()
         outcome = _report(system, console, exc)
@@ -153,7 +174,7 @@ def _metrics_port(args: argparse.Namespace, spec: SpearFile) -> int | None:
 
 
 def _serve(args: argparse.Namespace, system: SpearSystem, spec: SpearFile, console: Console,
-           signals: Signals, info: RunInfo) -> int:
+           signals: Signals, info: RunInfo, reloader: Reloader | None = None) -> int:
     """Launch, then watch (or run the console) until a signal, the console's end or the
     system's failure; returns the exit code."""
     if not spec.tasks:
@@ -164,12 +185,13 @@ def _serve(args: argparse.Namespace, system: SpearSystem, spec: SpearFile, conso
     if signals.requested:
         return EXIT_OK
     if args.repl:
-        warden = threading.Thread(target=_repl_warden, args=(system, console, signals),
+        warden = threading.Thread(target=_repl_warden,
+                                  args=(system, console, signals, reloader),
                                   name="spear-up-warden", daemon=True)
         warden.start()
         run_repl(system, info.path, info.endpoint)
     else:
-        watch(system, console, signals)
+        watch(system, console, signals, reloader=reloader)
     failure = system.failure
     if failure is not None:
         console.clear()
@@ -197,10 +219,11 @@ def _relay_failure(system: SpearSystem, signals: Signals) -> None:
     threading.Thread(target=relay, name="spear-up-failure", daemon=True).start()
 
 
-def _repl_warden(system: SpearSystem, console: Console, signals: Signals) -> None:
+def _repl_warden(system: SpearSystem, console: Console, signals: Signals,
+                 reloader: Reloader | None) -> None:
     """Under ``--repl`` the main thread reads stdin: this thread reports the signals and,
     should the system fail, takes the main thread out of the console. Daemon thread."""
-    watch(system, console, signals, status=False)
+    watch(system, console, signals, status=False, reloader=reloader)
     if system.failure is not None and not signals.stopping:
         signals.leave_repl()
 
@@ -225,8 +248,7 @@ def launch(system: SpearSystem, spec: SpearFile, console: Console, signals: Sign
             except SpearError as exc:
                 raise SpearError(f"cannot start task {task.name!r}: {exc}") from exc
     limit = max(t.config.startup_timeout for t in spec.tasks) + 5.0
-    while True:
-        report_signals(signals)
+    while True:  # a SIGHUP meanwhile waits for watch(): the first config is not applied yet
         if signals.stopping:
             return
         if system.failure is not None:
@@ -260,7 +282,7 @@ def _status_text(system: SpearSystem, started: float) -> str:
 
 
 def watch(system: SpearSystem, console: Console, signals: Signals, *,
-          status: bool = True) -> None:
+          status: bool = True, reloader: Reloader | None = None) -> None:
     """Until a signal asks for the shutdown or the system fails: report the signals and, with
     ``status``, refresh the status line about once a second (a log line every
     :data:`STATUS_LOG_EVERY` s when stderr is not a terminal). Main thread (the ``--repl``
@@ -270,7 +292,7 @@ def watch(system: SpearSystem, console: Console, signals: Signals, *,
     started = time.monotonic()
     last_log = started - STATUS_LOG_EVERY  # the first line at once
     while True:
-        report_signals(signals)
+        report_signals(signals, reloader)
         if signals.stopping or system.failure is not None:
             return
         if status:
@@ -289,13 +311,22 @@ def watch(system: SpearSystem, console: Console, signals: Signals, *,
         signals.wait(1.0)
 
 
-def report_signals(signals: Signals) -> None:
-    """Log what the signal handlers could not: each SIGHUP received. The waiting loop."""
+def report_signals(signals: Signals, reloader: Reloader | None = None) -> None:
+    """Act on what the signal handlers could only count: SIGHUPs reload the config file
+    (several at once: one reload). The waiting loop."""
     from .._log import logger
 
-    for _ in range(signals.take_hangups()):
-        logger.warning("received SIGHUP: reloading the configuration is not available yet; "
-                       "still running")
+    if not signals.take_hangups():
+        return
+    if reloader is None:
+        logger.warning("received SIGHUP: nothing to reload yet; still running")
+        return
+    try:
+        report = reloader.reload()
+    except SpearError as exc:  # ConfigError included: nothing changed
+        logger.error("received SIGHUP: reload failed, nothing changed: {}", exc)
+        return
+    logger.warning("received SIGHUP: {}", report.summary())
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -39,9 +39,11 @@ from .instance_cgroup import InstanceCgroup
 from .launch import ENV_ALLOWLIST, build_env, resolve_command, spawn
 from .output import MAX_LINE
 from .reaping import reap_adopted_orphans, set_child_subreaper
+from .ring import DEFAULT_RING_LINES, OutputRings
 from .watcher import ProcessWatcher, default_watcher
 
 __all__ = [
+    "DEFAULT_RING_LINES",
     "ENV_ALLOWLIST",
     "MAX_LINE",
     "ExitCallback",
@@ -49,6 +51,7 @@ __all__ = [
     "Isolation",
     "ManagedProcess",
     "OutputCallback",
+    "OutputRings",
     "ProcessWatcher",
     "Stream",
     "build_env",

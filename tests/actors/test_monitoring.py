@@ -114,10 +114,10 @@ def test_events_metrics_connections_and_tree_reflect_what_happened(
     for text in ("RuntimeActor", "MonitorActor", "ConnectionActor", "TaskExecutionManager",
                  f"SupervisorActor[{a}]", f"SupervisorActor[{b}]", f"InstanceActor[{a}]",
                  f"InstanceActor[{b}]", "READY", f"pid {info_a.pid}", f"pid {info_b.pid}",
-                 "restarts 1/5", "restarts 0/5", system.endpoint):
+                 "restarts 1 (limit 5 in 60 s)", "restarts 0 (limit 5 in 60 s)", system.endpoint):
         assert text in drawing, (text, drawing)
     data = tree.to_dict()
-    nodes = {n["instance_id"]: n for n in data["instances"]}
+    nodes = {n["id"]: n for n in data["instances"]}
     assert set(nodes) == {a, b}
     assert (nodes[a]["state"], nodes[a]["pid"], nodes[a]["restarts"], nodes[a]["max_restarts"]
             ) == ("ready", info_a.pid, 1, 5)

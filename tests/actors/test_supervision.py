@@ -102,7 +102,7 @@ def test_crash_loop_fails_after_max_restarts_with_growing_backoff(system: SpearS
     assert len(events_of(system, iid, {"InstanceStarted"})) == 4
     drawing = repr(system.tree())
     assert f"InstanceActor[{iid}] FAILED pid -" in drawing and "restart limit" in drawing
-    assert "restarts 3/3" in drawing
+    assert "restarts 3 (limit 3 in " in drawing
 
 
 @pytest.mark.parametrize(("mode", "exit_code", "restarted"), [

@@ -179,3 +179,44 @@ def test_monitoring_metrics_port_and_flags_from_toml() -> None:
     for bad in ("70000", '"9464"', "true"):
         with pytest.raises(ConfigError, match="metrics_port"):
             parse(f"[monitoring]\nmetrics_port = {bad}\n")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[control]\nendpoint = "tcp://10.1.2.3:7400"', r"control\.endpoint: .* beyond loopback"),
+    ('[control]\nendpoint = "tcp://*:7400"', r"control\.endpoint: .* beyond loopback"),
+    ('[control]\nendpoint = "ipc:///tmp/x"', r"control\.endpoint: expected"),
+    ('[control]\nendpoint = "tcp://0.0.0.0:1"\nauthorized_keys_file = "keys"',
+     r"control\.server_secret_key_file: missing"),
+    ('[control]\nendpoint = "tcp://0.0.0.0:1"\nserver_secret_key_file = "nope"\n'
+     'authorized_keys_file = "nope"', r"control\.server_secret_key_file: no such file"),
+    ('[control]\nendpoint = "tcp://127.0.0.1:1"\nport = 3', r"control\.port: unknown key"),
+], ids=["remote-no-keys", "wildcard-no-keys", "not-tcp", "one-file", "missing-file",
+        "unknown-key"])
+def test_control_table_refused(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "keys").write_text("")
+    with pytest.raises(ConfigError, match=message):
+        parse(text, "s.toml", base_dir=str(tmp_path))
+
+
+def test_control_keys_are_checked_when_loaded(tmp_path: Path) -> None:
+    import zmq.auth
+
+    from spear_actors.control import RemoteAccess
+
+    public_file, _ = zmq.auth.create_certificates(tmp_path, "server")
+    (tmp_path / "ok").write_text("# ops\n" + zmq.auth.load_certificate(public_file)[0].decode())
+    (tmp_path / "bad").write_text("not a key\n")
+    base = '[control]\nendpoint = "tcp://10.213.0.1:7400"\nserver_secret_key_file = "{}"\n' \
+           'authorized_keys_file = "{}"\n'
+    spec = parse(base.format("server.key_secret", "ok"), "s.toml", base_dir=str(tmp_path))
+    assert spec.control is not None and spec.control.curve and not spec.control.loopback
+    access = RemoteAccess.load(spec.control)
+    assert len(access.authorized) == 1 and "secret_key" not in repr(access)
+    with pytest.raises(ConfigError, match=r"authorized_keys_file: line 1"):
+        RemoteAccess.load(parse(base.format("server.key_secret", "bad"), "s.toml",
+                                base_dir=str(tmp_path)).control)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"server_secret_key_file: .* no secret key"):
+        RemoteAccess.load(parse(base.format("server.key", "ok"), "s.toml",
+                                base_dir=str(tmp_path)).control)  # type: ignore[arg-type]
+    local = parse('[control]\nendpoint = "tcp://127.0.0.1:7400"\n').control
+    assert local is not None and local.loopback and not local.curve

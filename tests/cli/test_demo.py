@@ -58,7 +58,7 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
                      r"instances authenticated again \d+ ms later, same pids", out), out
     assert "└── RuntimeActor [alive]" in out
     assert "ConnectionActor [alive] restarts 1" in out
-    assert "SupervisorActor[echo-2] [alive] permanent, restarts 1/5" in out
+    assert "SupervisorActor[echo-2] [alive] permanent, restarts 1 (limit 5 in 60 s)" in out
     assert out.count("InstanceActor[") == 3 and out.count(" READY pid ") == 3
     for label in ("requests", "throughput", "latency", "restarts", "connections"):
         assert re.search(rf"^  {label} +\S", out, re.MULTILINE), label
