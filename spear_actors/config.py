@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -99,6 +100,8 @@ class ConnectionConfig:
         _check_curve_keys(self.curve_secret_key, self.curve_public_key)
 
 
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_ENTRY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                  ".-:+=^!/*?&<>()[]{}@%$#")
 
@@ -226,9 +229,17 @@ class ResourceLimits:
 
 @dataclass(frozen=True, kw_only=True)
 class InstanceConfig:
-    """How to run one instance: its command line, environment and supervision settings."""
+    """How to run one instance: its command line (or handler), environment and supervision
+    settings.
 
-    command: Sequence[str]
+    Exactly one of ``command`` (an argv, spawned) and ``entry`` (``"package.module:handler"``,
+    a Python handler ``(method: str, data: bytes) -> bytes`` forked from a zygote that already
+    imported the instance client and ``preload``; DESIGN.md section 10)."""
+
+    command: Sequence[str] = ()
+    entry: str | None = None
+    preload: Sequence[str] = ()
+    """Modules the zygote of an ``entry`` instance imports once, before it forks."""
     env: Mapping[str, str] = field(default_factory=dict)
     inherit_env: bool = False
     working_dir: str | None = None
@@ -246,9 +257,22 @@ class InstanceConfig:
             raise ConfigError("InstanceConfig.command must be a list of strings (argv), "
                               f"got {self.command!r}")
         object.__setattr__(self, "command", tuple(self.command))
-        if not self.command or not all(isinstance(a, str) and a for a in self.command):
-            raise ConfigError("InstanceConfig.command must be a non-empty list of non-empty "
-                              "strings")
+        if isinstance(self.preload, str) or not isinstance(self.preload, Sequence) or not all(
+                isinstance(m, str) and _MODULE.fullmatch(m) for m in self.preload):
+            raise ConfigError("InstanceConfig.preload must be a list of module names, "
+                              f"got {self.preload!r}")
+        object.__setattr__(self, "preload", tuple(self.preload))
+        if self.entry is not None:
+            if self.command:
+                raise ConfigError("InstanceConfig: give command or entry, not both")
+            if not isinstance(self.entry, str) or not _ENTRY.fullmatch(self.entry):
+                raise ConfigError("InstanceConfig.entry must read 'package.module:handler', "
+                                  f"got {self.entry!r}")
+        elif self.preload:
+            raise ConfigError("InstanceConfig.preload goes with entry (a zygote's imports)")
+        elif not self.command or not all(isinstance(a, str) and a for a in self.command):
+            raise ConfigError("InstanceConfig needs a command (a non-empty list of non-empty "
+                              "strings) or an entry")
         if not isinstance(self.env, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
             raise ConfigError("InstanceConfig.env must map strings to strings")

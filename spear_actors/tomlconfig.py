@@ -200,10 +200,11 @@ def _task(entry: object, where: str, base_dir: str) -> TaskSpec:
         resources["memory_bytes"] = parse_size(resources["memory_bytes"],
                                                f"{where}.resources.memory_bytes")
     limits = from_mapping(ResourceLimits, resources, f"{where}.resources")
-    if "command" not in table:
+    if "command" not in table and "entry" not in table:
         raise ConfigError(f"{where}.command: missing (the instance's argv as a list of "
-                          "strings, e.g. command = [\"{python}\", \"my_instance.py\"])")
-    command = table["command"]
+                          "strings, e.g. command = [\"{python}\", \"my_instance.py\"], "
+                          "or entry = \"package.module:handler\")")
+    command = table.get("command")
     if isinstance(command, list) and command and all(isinstance(a, str) for a in command):
         table["command"] = _command(command, base_dir)
     if isinstance(table.get("working_dir"), str):

@@ -15,7 +15,7 @@ from typing import Any
 
 import pykka
 
-from ..process import Isolation, ProcessWatcher
+from ..process import Isolation, ProcessWatcher, ZygotePool
 from ..scheduler import Scheduler
 
 __all__ = ["ActorSet", "Deps", "ListenerInfo", "ServiceHandle", "ServiceLink", "Services",
@@ -124,6 +124,8 @@ class Deps:
     children: ActorSet = field(default_factory=ActorSet, compare=False)
     isolation: Isolation | None = None
     """The spearlet's cgroups (None, or mode ``rlimit``: instances get no cgroup)."""
+    zygotes: ZygotePool | None = None
+    """The zygotes that fork ``entry`` instances (owned by the facade)."""
 
     @property
     def connection(self) -> ServiceHandle:

@@ -57,7 +57,7 @@ from ..messages import (
     StopProcess,
     TrackProcess,
 )
-from ..process import InstanceCgroup, ManagedProcess, build_env, spawn
+from ..process import InstanceCgroup, ManagedProcess, build_env, fork_instance, spawn
 from ..records import InstanceInfo, InstanceState
 from ..scheduler import TimerHandle
 from .deps import Deps, safe_tell
@@ -174,9 +174,19 @@ class InstanceActor(pykka.ThreadingActor):
             except OSError as exc:
                 raise SpawnError(f"cannot make the cgroup of {self.instance_id}: {exc}") from exc
         try:
-            self._proc = spawn(argv=self.argv, env=env, cwd=self.cwd, limits=self.limits,
-                               instance_id=self.instance_id, on_exit=on_exit,
-                               watcher=deps.watcher, cgroup=self._cgroup)
+            if self.config.entry is not None:  # a handler: forked from a zygote
+                if deps.zygotes is None:
+                    raise SpawnError("this system has no zygotes for entry instances")
+                path = (self.config.working_dir,) if self.config.working_dir else ()
+                zygote = deps.zygotes.get(self.config.preload, path)
+                self._proc = fork_instance(
+                    zygote=zygote, entry=self.config.entry, env=env, cwd=self.cwd,
+                    limits=self.limits, instance_id=self.instance_id, on_exit=on_exit,
+                    watcher=deps.watcher, cgroup=self._cgroup, argv=self.argv)
+            else:
+                self._proc = spawn(argv=self.argv, env=env, cwd=self.cwd, limits=self.limits,
+                                   instance_id=self.instance_id, on_exit=on_exit,
+                                   watcher=deps.watcher, cgroup=self._cgroup)
         except BaseException:
             self._remove_cgroup()
             raise

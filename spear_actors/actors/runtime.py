@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -60,7 +61,7 @@ from ..messages import (
     SupervisorFailed,
     WatchState,
 )
-from ..process import Isolation, ProcessWatcher, resolve_command
+from ..process import Isolation, ProcessWatcher, ZygotePool, resolve_command
 from ..records import InstanceInfo, InstanceState
 from ..scheduler import Scheduler
 from .deps import ActorSet, Deps, safe_tell
@@ -104,8 +105,10 @@ class RuntimeActor(pykka.ThreadingActor):
 
     def __init__(self, config: SystemConfig, work_dir: str, scheduler: Scheduler,
                  watcher: ProcessWatcher, escalate: Escalate,
-                 isolation: Isolation | None = None) -> None:
+                 isolation: Isolation | None = None,
+                 zygotes: ZygotePool | None = None) -> None:
         super().__init__()
+        self._zygotes = zygotes
         self.config = config
         self.work_dir = work_dir
         self._scheduler = scheduler
@@ -186,7 +189,7 @@ class RuntimeActor(pykka.ThreadingActor):
         info = tree.boot(self._known_routes)
         self.deps = Deps(runtime=self.actor_ref, services=tree.services,
                          scheduler=self._scheduler, watcher=self._watcher, listener=info,
-                         isolation=self._isolation)
+                         isolation=self._isolation, zygotes=self._zygotes)
         return BootInfo(info.endpoint, info.port, tree.intake, self.deps.children)
 
     # -- self-supervision ------------------------------------------------------------------------
@@ -293,7 +296,10 @@ class RuntimeActor(pykka.ThreadingActor):
         instance_id = f"{task_id}-{next(self._counter)}"
         cwd = config.working_dir or os.path.join(self.work_dir, instance_id)
         os.makedirs(cwd, mode=0o700, exist_ok=True)
-        argv = resolve_command(config.command, cwd)  # SpawnError now, not in a restart loop
+        if config.entry is not None:  # forked from a zygote; this is what it stands for
+            argv = [sys.executable, "-m", "spear_actors.zygote", "--serve", config.entry]
+        else:
+            argv = resolve_command(config.command, cwd)  # SpawnError now, not in a restart loop
         info = InstanceInfo(id=instance_id, task_id=task_id, state=InstanceState.CREATING,
                             pid=None, restarts=0, connection_id=None, session_id=None,
                             started_at=None, last_exit_code=None, last_error=None)
