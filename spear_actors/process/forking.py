@@ -366,7 +366,10 @@ def fork_instance(*, zygote: Zygote, entry: str, env: Mapping[str, str], cwd: st
     watcher.prepare_spawn()
     path = [cwd or os.getcwd(),
             *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)]
-    request = {"entry": entry, "env": dict(env), "cwd": cwd, "path": path,
+    env = dict(env)
+    if cgroup is not None:  # as the exec wrapper's /bin/sh exports it to a spawned child
+        env["PWD"] = cwd or os.getcwd()
+    request = {"entry": entry, "env": env, "cwd": cwd, "path": path,
                "join": list(cgroup.procs_files) if cgroup is not None else [],
                "limits": child_limits(limits, cgroup)}
     child = zygote.fork(request)
