@@ -1,11 +1,11 @@
 """``spear-actors up --demo``: a self-contained tour that needs no configuration.
 
 Starts a system with three echo handler instances (``entry``: forked from a zygote), sends
-a burst of requests and checks every answer, kills one instance with SIGKILL to show its supervisor replacing it, crashes the
-ConnectionActor (a drill, ``inject_crash``) to show the root restarting it while every
-instance keeps its process, then prints the supervision tree and a metrics summary. Runs in
-the caller's (main) thread; the request futures complete in the system's threads. Any
-failure raises :class:`DemoFailed`.
+a burst of requests and checks every answer, kills one instance with SIGKILL to show its
+supervisor replacing it, crashes the ConnectionActor (a drill, ``inject_crash``) to show the
+root restarting it while every instance keeps its process, then prints the supervision tree
+and a metrics summary. Runs in the caller's (main) thread; the request futures complete in
+the system's threads. Any failure raises :class:`DemoFailed`.
 """
 
 from __future__ import annotations
