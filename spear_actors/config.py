@@ -240,6 +240,9 @@ class InstanceConfig:
     entry: str | None = None
     preload: Sequence[str] = ()
     """Modules the zygote of an ``entry`` instance imports once, before it forks."""
+    prestart: int = 0
+    """Warm pool: keep this many idle, authenticated instances of this config (and task),
+    from the first ``create_instance`` with it on; ``create_instance`` claims one."""
     env: Mapping[str, str] = field(default_factory=dict)
     inherit_env: bool = False
     working_dir: str | None = None
@@ -281,6 +284,10 @@ class InstanceConfig:
             raise ConfigError("InstanceConfig.restart must be a RestartPolicy")
         _positive(self, "startup_timeout", "stop_timeout", "max_concurrency")
         _positive(self, "prefetch", allow_zero=True)
+        if isinstance(self.prestart, bool) or not isinstance(self.prestart, int) \
+                or self.prestart < 0:
+            raise ConfigError(f"InstanceConfig.prestart must be an integer >= 0, "
+                              f"got {self.prestart!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -131,7 +131,7 @@ class SpearSystem:
 
     def _stop_all_instances(self, runtime: pykka.ActorRef[Any], deadline: float) -> None:
         try:
-            infos: list[InstanceInfo] = self._ask(runtime, ListInstances())
+            infos: list[InstanceInfo] = self._ask(runtime, ListInstances(include_idle=True))
         except SpearError:
             return
         futures: list[Future[InstanceInfo]] = []

@@ -75,8 +75,11 @@ class InstanceActor(pykka.ThreadingActor):
     def __init__(self, *, instance_id: str, task_id: str, generation: int, secret: str,
                  config: InstanceConfig, limits: ResourceLimits, argv: list[str], cwd: str,
                  restarts: int, supervisor: pykka.ActorRef[Any], deps: Deps,
-                 previous_exit: tuple[int | None, str | None] = (None, None)) -> None:
+                 previous_exit: tuple[int | None, str | None] = (None, None),
+                 claimed: threading.Event | None = None) -> None:
         super().__init__()
+        self._claimed = claimed
+        """A warm-pool member is routed (given requests) only once this is set."""
         self.instance_id = instance_id
         self.task_id = task_id
         self.generation = generation
@@ -385,8 +388,10 @@ class InstanceActor(pykka.ThreadingActor):
         safe_tell(self._deps.runtime, InstanceUpdated(self.info(), self.generation))
 
     def _route(self, state: InstanceState) -> None:
+        idle = self._claimed is not None and not self._claimed.is_set()
         safe_tell(self._deps.tasks, InstanceRoute(self.instance_id, self.task_id,
-                                                  self._routing_id, self._window, state,
+                                                  None if idle else self._routing_id,
+                                                  self._window, state,
                                                   self.generation))
 
     def _unroute(self) -> None:

@@ -85,6 +85,15 @@ class BootInfo:
     children: ActorSet
 
 
+@dataclass(frozen=True)
+class _Refill:
+    """To itself, after a claim: start idle members until the pool is full again."""
+
+    task_id: str
+    config: InstanceConfig
+    limits: ResourceLimits
+
+
 @dataclass(slots=True)
 class _Entry:
     task_id: str
@@ -96,6 +105,8 @@ class _Entry:
     supervisor: pykka.ActorRef[Any] | None
     created_at: float
     generation: int = 0
+    claimed: threading.Event | None = None
+    """Set for a warm-pool member once claimed; None for an instance not from a pool."""
     watchers: list[tuple[frozenset[InstanceState], threading.Event]] = field(
         default_factory=list)
 
@@ -143,6 +154,9 @@ class RuntimeActor(pykka.ThreadingActor):
                 if self.failure is not None:
                     raise self.failure
                 return self._create(task_id, config, limits)
+            case _Refill(task_id, config, limits):
+                if self.failure is None:
+                    self._refill(task_id, config, limits)
             case InstanceUpdated(info, generation):
                 self._updated(info, generation)
             case SupervisorDone(instance_id):
@@ -152,9 +166,10 @@ class RuntimeActor(pykka.ThreadingActor):
             case GetSupervisor(instance_id):
                 entry = self._entries.get(instance_id)
                 return entry.supervisor if entry else None
-            case ListInstances(task_id):
+            case ListInstances(task_id, include_idle):
                 return [e.info for e in self._entries.values()
-                        if task_id is None or e.task_id == task_id]
+                        if (task_id is None or e.task_id == task_id)
+                        and (include_idle or not _idle(e))]
             case WatchState(instance_id, states, event):
                 self._watch(instance_id, states, event)
             case DescribeTree():
@@ -273,6 +288,42 @@ class RuntimeActor(pykka.ThreadingActor):
         return cpus, memory
 
     def _create(self, task_id: str, config: InstanceConfig, limits: ResourceLimits) -> str:
+        """A new instance, or (``config.prestart``) an idle member of the warm pool claimed,
+        READY at once if it already is; the pool is refilled after the answer."""
+        if config.prestart <= 0:
+            return self._new(task_id, config, limits)
+        idle = self._pool(task_id, config, limits)
+        if not idle:
+            instance_id = self._new(task_id, config, limits)
+        else:
+            ready = [i for i in idle if self._entries[i].info.state is InstanceState.READY]
+            instance_id = (ready or idle)[0]
+            entry = self._entries[instance_id]
+            assert entry.claimed is not None
+            entry.claimed.set()
+            if entry.supervisor is not None:  # routes it now, if it is READY
+                safe_tell(entry.supervisor, Reattach("tasks"))
+            assert self.deps is not None
+            safe_tell(self.deps.monitor, RecordEvent("InstanceClaimed", {
+                "instance_id": instance_id, "task_id": task_id}, time.time()))
+        self.actor_ref.tell(_Refill(task_id, config, limits))
+        return instance_id
+
+    def _pool(self, task_id: str, config: InstanceConfig, limits: ResourceLimits) -> list[str]:
+        return [iid for iid, e in self._entries.items()
+                if _idle(e) and not e.info.state.is_final and e.task_id == task_id
+                and e.config == config and e.limits == limits]
+
+    def _refill(self, task_id: str, config: InstanceConfig, limits: ResourceLimits) -> None:
+        for _ in range(config.prestart - len(self._pool(task_id, config, limits))):
+            try:
+                self._new(task_id, config, limits, claimed=threading.Event())
+            except SpearError as exc:  # capacity: the pool stays short
+                self._log.warning("warm pool of task {} not refilled: {}", task_id, exc)
+                return
+
+    def _new(self, task_id: str, config: InstanceConfig, limits: ResourceLimits,
+             claimed: threading.Event | None = None) -> str:
         if self.deps is None:
             raise RuntimeError("runtime not booted yet")
         if not isinstance(task_id, str) or not _TASK_ID.match(task_id):
@@ -303,7 +354,8 @@ class RuntimeActor(pykka.ThreadingActor):
         info = InstanceInfo(id=instance_id, task_id=task_id, state=InstanceState.CREATING,
                             pid=None, restarts=0, connection_id=None, session_id=None,
                             started_at=None, last_exit_code=None, last_error=None)
-        entry = _Entry(task_id, config, limits, argv, cwd, info, None, time.time())
+        entry = _Entry(task_id, config, limits, argv, cwd, info, None, time.time(),
+                       claimed=claimed)
         self._entries[instance_id] = entry
         safe_tell(self.deps.monitor, RecordEvent("InstanceCreated", {
             "instance_id": instance_id, "task_id": task_id, "command": list(argv)},
@@ -318,7 +370,7 @@ class RuntimeActor(pykka.ThreadingActor):
         entry.supervisor = SupervisorActor.start(
             instance_id=instance_id, task_id=entry.task_id, config=entry.config,
             limits=entry.limits, argv=entry.argv, cwd=entry.cwd, deps=self.deps,
-            restarts=restarts, last_error=last_error)
+            restarts=restarts, last_error=last_error, claimed=entry.claimed)
 
     # -- state ---------------------------------------------------------------------------------
     def _updated(self, info: InstanceInfo, generation: int) -> None:
@@ -361,7 +413,7 @@ class RuntimeActor(pykka.ThreadingActor):
                 "restart_policy": {"mode": e.config.restart.mode,
                                    "max_restarts": e.config.restart.max_restarts,
                                    "window": e.config.restart.window},
-                "info": e.info, "created_at": e.created_at})
+                "info": e.info, "created_at": e.created_at, "idle": _idle(e)})
         tree = self.tree
         deps = self.deps
         return {"runtime_alive": True,
@@ -374,3 +426,7 @@ class RuntimeActor(pykka.ThreadingActor):
                 "isolation": self._isolation.mode if self._isolation is not None else "rlimit",
                 "endpoint": deps.listener.endpoint if deps else None}
 
+
+def _idle(entry: _Entry) -> bool:
+    """A warm-pool member not claimed yet."""
+    return entry.claimed is not None and not entry.claimed.is_set()

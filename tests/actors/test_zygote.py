@@ -173,6 +173,7 @@ def test_output_is_relayed_line_by_line(system: SpearSystem, tmp_path: Path,
     ({"entry": "nocolon"}, "package.module:handler"),
     ({"command": ["x"], "preload": ["json"]}, "preload goes with entry"),
     ({"entry": "a:b", "preload": "json"}, "list of module names"),
+    ({"entry": "a:b", "prestart": -1}, "prestart must be an integer >= 0"),
 ])
 def test_bad_handler_configs(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -196,3 +197,33 @@ def test_a_missing_entry_module_fails_the_instance(
     info = wait_until(lambda: (i := system.instance(iid)).state in (
         InstanceState.STOPPED, InstanceState.FAILED) and i, WAIT, message="the failure")
     assert info and info.last_exit_code == 1
+
+
+def test_a_warm_pool_is_claimed_ready_and_refilled(system: SpearSystem) -> None:
+    import time
+
+    config = handler("flaky", prestart=2)
+    first = system.create_instance("pool", config)
+    system.wait_ready(first, WAIT)
+
+    def idle() -> list[dict[str, Any]]:
+        return [n for n in system.tree().to_dict()["instances"] if n["idle"]]
+
+    members = wait_until(lambda: len(idle()) == 2 and all(n["state"] == "ready" for n in idle())
+                         and idle(), WAIT, message="two idle READY members")
+    assert members
+    assert [i.id for i in system.instances("pool")] == [first]  # members are not listed
+    assert " idle" in str(system.tree())
+    mine = str(system.instance(first).pid).encode()
+    for _ in range(20):  # members never get requests: every answer comes from `first`
+        assert system.execute("pool", b"", method="pid", timeout=WAIT) == mine
+    t0 = time.perf_counter()
+    claimed = system.create_instance("pool", config)
+    info = system.instance(claimed)
+    elapsed = time.perf_counter() - t0
+    assert claimed in {n["instance_id"] for n in members}
+    assert info.state is InstanceState.READY, info
+    assert elapsed < 0.5
+    assert system.execute(claimed, b"mine", timeout=WAIT) == b"mine"
+    assert wait_until(lambda: len(idle()) == 2, WAIT, message="the pool refilled")
+    assert {i.id for i in system.instances("pool")} == {first, claimed}

@@ -24,9 +24,12 @@ def describe(method: str, data: bytes) -> bytes:
 
 
 def flaky(method: str, data: bytes) -> bytes:
-    """Echo; ``raise`` raises, ``exit`` ends the process with code 3."""
+    """Echo; ``raise`` raises, ``exit`` ends the process with code 3,
+    ``pid`` answers its pid."""
     if method == "raise":
         raise ValueError("the handler raised")
     if method == "exit":
         os._exit(3)
+    if method == "pid":
+        return str(os.getpid()).encode()
     return data
