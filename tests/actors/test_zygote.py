@@ -227,3 +227,14 @@ def test_a_warm_pool_is_claimed_ready_and_refilled(system: SpearSystem) -> None:
     assert system.execute(claimed, b"mine", timeout=WAIT) == b"mine"
     assert wait_until(lambda: len(idle()) == 2, WAIT, message="the pool refilled")
     assert {i.id for i in system.instances("pool")} == {first, claimed}
+
+
+def test_the_zygote_imports_only_what_serving_needs() -> None:
+    import subprocess
+
+    code = ("import sys, spear_actors.zygote; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'psutil', 'pykka', 'loguru', 'threading_actors', 'asyncio'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "[]"
