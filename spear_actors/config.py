@@ -274,8 +274,8 @@ class InstanceConfig:
         elif self.preload:
             raise ConfigError("InstanceConfig.preload goes with entry (a zygote's imports)")
         elif not self.command or not all(isinstance(a, str) and a for a in self.command):
-            raise ConfigError("InstanceConfig needs a command (a non-empty list of non-empty "
-                              "strings) or an entry")
+            raise ConfigError("InstanceConfig.command must be a non-empty list of non-empty "
+                              "strings (or give an entry instead)")
         if not isinstance(self.env, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
             raise ConfigError("InstanceConfig.env must map strings to strings")

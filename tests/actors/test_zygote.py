@@ -169,7 +169,7 @@ def test_output_is_relayed_line_by_line(system: SpearSystem, tmp_path: Path,
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"command": ["x"], "entry": "a:b"}, "not both"),
-    ({}, "command"),
+    ({}, "command must be a non-empty list"),
     ({"entry": "nocolon"}, "package.module:handler"),
     ({"command": ["x"], "preload": ["json"]}, "preload goes with entry"),
     ({"entry": "a:b", "preload": "json"}, "list of module names"),
