@@ -10,8 +10,9 @@ Layout (all tables optional; see the commented ``spear.toml`` at the repository 
     [system]      work_dir, capacity_cpus, capacity_memory, isolation, [system.service_restart]
     [connection]  ConnectionConfig fields
     [monitoring]  MonitoringConfig fields
-    [[tasks]]     name, command, instances, resources = {ResourceLimits fields},
-                  and the InstanceConfig fields (env, restart = {RestartPolicy fields}, ...)
+    [[tasks]]     name, command (or entry = "pkg.module:handler" with preload = [...]),
+                  instances, resources = {ResourceLimits fields}, and the InstanceConfig
+                  fields (env, prestart, restart = {RestartPolicy fields}, ...)
 
 Conveniences: sizes (``capacity_memory``, ``resources.memory_bytes`` or its short spelling
 ``resources.memory``) may be strings such as
