@@ -85,6 +85,10 @@ class BootInfo:
     children: ActorSet
 
 
+REFILL_DELAY = 0.01
+"""Seconds between a warm-pool claim and its refill (the claimer's next asks go first)."""
+
+
 @dataclass(frozen=True)
 class _Refill:
     """To itself, after a claim: start idle members until the pool is full again."""
@@ -306,7 +310,9 @@ class RuntimeActor(pykka.ThreadingActor):
             assert self.deps is not None
             safe_tell(self.deps.monitor, RecordEvent("InstanceClaimed", {
                 "instance_id": instance_id, "task_id": task_id}, time.time()))
-        self.actor_ref.tell(_Refill(task_id, config, limits))
+        # shortly after, not next: the caller's wait_ready must not queue behind the refill
+        ref, refill = self.actor_ref, _Refill(task_id, config, limits)
+        self._scheduler.call_later(REFILL_DELAY, lambda: safe_tell(ref, refill))
         return instance_id
 
     def _pool(self, task_id: str, config: InstanceConfig, limits: ResourceLimits) -> list[str]:
