@@ -238,3 +238,27 @@ def test_the_zygote_imports_only_what_serving_needs() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_network_none_puts_a_forked_child_in_its_own_network_namespace(
+        make_system: Callable[..., SpearSystem]) -> None:
+    from spear_actors import ConnectionConfig, ResourceLimits
+
+    system = make_system(connection=ConnectionConfig(transport="ipc", heartbeat_interval=0.2,
+                                                     heartbeat_timeout=0.6))
+    iid = system.create_instance("n", handler("describe"), ResourceLimits(network="none"))
+    pid = describe(system, iid)["pid"]
+    assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+
+
+def test_a_warm_pool_of_command_instances(system: SpearSystem) -> None:
+    config = InstanceConfig(command=[sys.executable, "-m", "spear_actors.examples.echo"],
+                            prestart=1, restart=FAST_RESTARTS)
+    first = system.create_instance("cmdpool", config)
+    system.wait_ready(first, WAIT)
+    assert wait_until(lambda: [n for n in system.tree().to_dict()["instances"]
+                               if n["idle"] and n["state"] == "ready"], WAIT,
+                      message="one idle READY member")
+    claimed = system.create_instance("cmdpool", config)
+    assert system.instance(claimed).state is InstanceState.READY
+    assert system.execute(claimed, b"ok", timeout=WAIT) == b"ok"
