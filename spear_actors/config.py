@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -112,6 +113,8 @@ class ConnectionConfig:
                               "(a socket has one security mechanism)")
 
 
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_ENTRY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _Z85 = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                  ".-:+=^!/*?&<>()[]{}@%$#")
 
@@ -239,9 +242,20 @@ class ResourceLimits:
 
 @dataclass(frozen=True, kw_only=True)
 class InstanceConfig:
-    """How to run one instance: its command line, environment and supervision settings."""
+    """How to run one instance: its command line (or handler), environment and supervision
+    settings.
 
-    command: Sequence[str]
+    Exactly one of ``command`` (an argv, spawned) and ``entry`` (``"package.module:handler"``,
+    a Python handler ``(method: str, data: bytes) -> bytes`` forked from a zygote that already
+    imported the instance client and ``preload``; DESIGN.md section 10)."""
+
+    command: Sequence[str] = ()
+    entry: str | None = None
+    preload: Sequence[str] = ()
+    """Modules the zygote of an ``entry`` instance imports once, before it forks."""
+    prestart: int = 0
+    """Warm pool: keep this many idle, authenticated instances of this config (and task),
+    from the first ``create_instance`` with it on; ``create_instance`` claims one."""
     env: Mapping[str, str] = field(default_factory=dict)
     inherit_env: bool = False
     working_dir: str | None = None
@@ -259,9 +273,22 @@ class InstanceConfig:
             raise ConfigError("InstanceConfig.command must be a list of strings (argv), "
                               f"got {self.command!r}")
         object.__setattr__(self, "command", tuple(self.command))
-        if not self.command or not all(isinstance(a, str) and a for a in self.command):
+        if isinstance(self.preload, str) or not isinstance(self.preload, Sequence) or not all(
+                isinstance(m, str) and _MODULE.fullmatch(m) for m in self.preload):
+            raise ConfigError("InstanceConfig.preload must be a list of module names, "
+                              f"got {self.preload!r}")
+        object.__setattr__(self, "preload", tuple(self.preload))
+        if self.entry is not None:
+            if self.command:
+                raise ConfigError("InstanceConfig: give command or entry, not both")
+            if not isinstance(self.entry, str) or not _ENTRY.fullmatch(self.entry):
+                raise ConfigError("InstanceConfig.entry must read 'package.module:handler', "
+                                  f"got {self.entry!r}")
+        elif self.preload:
+            raise ConfigError("InstanceConfig.preload goes with entry (a zygote's imports)")
+        elif not self.command or not all(isinstance(a, str) and a for a in self.command):
             raise ConfigError("InstanceConfig.command must be a non-empty list of non-empty "
-                              "strings")
+                              "strings (or give an entry instead)")
         if not isinstance(self.env, Mapping) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
             raise ConfigError("InstanceConfig.env must map strings to strings")
@@ -270,6 +297,10 @@ class InstanceConfig:
             raise ConfigError("InstanceConfig.restart must be a RestartPolicy")
         _positive(self, "startup_timeout", "stop_timeout", "max_concurrency")
         _positive(self, "prefetch", allow_zero=True)
+        if isinstance(self.prestart, bool) or not isinstance(self.prestart, int) \
+                or self.prestart < 0:
+            raise ConfigError(f"InstanceConfig.prestart must be an integer >= 0, "
+                              f"got {self.prestart!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

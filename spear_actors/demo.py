@@ -1,11 +1,11 @@
 """``spear-actors up --demo``: a self-contained tour that needs no configuration.
 
-Starts a system with three echo instances, sends a burst of requests and checks every answer,
-kills one instance with SIGKILL to show its supervisor replacing it, crashes the
-ConnectionActor (a drill, ``inject_crash``) to show the root restarting it while every
-instance keeps its process, then prints the supervision tree and a metrics summary. Runs in
-the caller's (main) thread; the request futures complete in the system's threads. Any
-failure raises :class:`DemoFailed`.
+Starts a system with three echo handler instances (``entry``: forked from a zygote), sends
+a burst of requests and checks every answer, kills one instance with SIGKILL to show its
+supervisor replacing it, crashes the ConnectionActor (a drill, ``inject_crash``) to show the
+root restarting it while every instance keeps its process, then prints the supervision tree
+and a metrics summary. Runs in the caller's (main) thread; the request futures complete in
+the system's threads. Any failure raises :class:`DemoFailed`.
 """
 
 from __future__ import annotations
@@ -83,14 +83,16 @@ def run_demo(instances: int = 3, requests: int = 5000, *, out: TextIO | None = N
             exporter = start_exporter(system, metrics_port)
             stack.callback(exporter.close)
             say(f"  Prometheus metrics at {exporter.url}")
-        config = InstanceConfig(command=[sys.executable, "-m", "spear_actors.examples.echo"],
-                                prefetch=64)
+        # handler instances (DESIGN.md section 10): forked from a zygote that imported the
+        # client once, so starting and restarting them costs milliseconds, not an interpreter
+        config = InstanceConfig(entry="spear_actors.examples.echo:echo", prefetch=64)
         t0 = time.perf_counter()
         ids = [system.create_instance(TASK, config) for _ in range(instances)]
         infos = _wait_all_ready(system, ids, progress, timeout=config.startup_timeout)
         progress.done(f"{len(ids)}/{len(ids)} ready")
         pids = ", ".join(f"{i.id} pid {i.pid}" for i in infos)
-        say(f"  started {len(ids)} echo instances in {time.perf_counter() - t0:.2f} s ({pids})")
+        say(f"  started {len(ids)} echo handler instances (forked from a zygote) in "
+            f"{time.perf_counter() - t0:.2f} s ({pids})")
 
         elapsed = _burst(system, requests, progress)
         say(f"  {requests} requests answered in {elapsed:.2f} s "

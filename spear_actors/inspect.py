@@ -68,7 +68,8 @@ class SupervisionTree:
                 "connection_id": info.connection_id, "session_id": info.session_id,
                 "started_at": info.started_at, "last_exit_code": info.last_exit_code,
                 "last_error": info.last_error,
-                "in_flight": in_flight.get(info.id, {}).get("in_flight", 0)})
+                "in_flight": in_flight.get(info.id, {}).get("in_flight", 0),
+                "idle": bool(node.get("idle", False))})
         return {"endpoint": self.endpoint, "taken_at": self.taken_at,
                 "runtime": {"alive": True, "services": dict(self.services),
                             "service_restarts": dict(self.service_restarts or {}),
@@ -99,6 +100,7 @@ class SupervisionTree:
                     f"restarts {node['restarts']} (limit {node['max_restarts']} in "
                     f"{policy['window']:g} s)")
             child = (f"InstanceActor[{node['id']}] {node['state'].upper()}"
+                     f"{' idle' if node.get('idle') else ''}"
                      f" pid {node['pid'] if node['pid'] is not None else '-'}"
                      f" {node['connection_id'] or 'no connection'}"
                      f" up {_uptime(node['started_at'], self.taken_at)}")

@@ -94,6 +94,8 @@ class ListInstances:
     """ask -> list[InstanceInfo] in start order."""
 
     task_id: str | None = None
+    include_idle: bool = False
+    """Also the idle members of warm pools (never claimed, never given requests)."""
 
 
 @dataclass(frozen=True)

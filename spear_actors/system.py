@@ -46,7 +46,7 @@ from .messages import (
     Submission,
     WatchState,
 )
-from .process import Isolation, OutputRings, ProcessWatcher
+from .process import Isolation, OutputRings, ProcessWatcher, ZygotePool
 from .records import ConnectionState, Event, InstanceInfo, InstanceState
 from .scheduler import Scheduler
 
@@ -71,6 +71,7 @@ class SpearSystem:
         self._watcher = ProcessWatcher()
         self._isolation = Isolation.start(watcher=self._watcher,
                                           enabled=config.isolation == "auto")
+        self._zygotes = ZygotePool(self._watcher)
         self._runtime: pykka.ActorRef[Any] | None = None
         self._intake: SubmissionQueue | None = None
         self._children = ActorSet()
@@ -96,7 +97,7 @@ class SpearSystem:
     def _boot(self) -> None:
         runtime = RuntimeActor.start(self.config, self.work_dir, self._scheduler,
                                      self._watcher, self._escalated, self._isolation,
-                                     output=self._output)
+                                     output=self._output, zygotes=self._zygotes)
         self._runtime = runtime
         boot: BootInfo = self._ask(runtime, Boot())
         self.endpoint, self.port = boot.endpoint, boot.port
@@ -123,6 +124,7 @@ class SpearSystem:
                 runtime.stop(timeout=ASK_TIMEOUT)  # stops the services, reverse start order
             except (pykka.ActorDeadError, pykka.Timeout):
                 pass
+        self._zygotes.close()
         self._isolation.close()  # what an instance left in its cgroup dies here, or by the
         self._watcher.stop()     # guardian (closed by the watcher) if this is interrupted
         self._scheduler.stop()
@@ -132,7 +134,7 @@ class SpearSystem:
 
     def _stop_all_instances(self, runtime: pykka.ActorRef[Any], deadline: float) -> None:
         try:
-            infos: list[InstanceInfo] = self._ask(runtime, ListInstances())
+            infos: list[InstanceInfo] = self._ask(runtime, ListInstances(include_idle=True))
         except SpearError:
             return
         futures: list[Future[InstanceInfo]] = []

@@ -12,8 +12,9 @@ Layout (all tables optional; see the commented ``spear.toml`` at the repository 
     [monitoring]  MonitoringConfig fields
     [control]     endpoint, server_secret_key_file, authorized_keys_file (remote control:
                   beyond loopback only with both key files, i.e. CURVE)
-    [[tasks]]     name, command, instances, resources = {ResourceLimits fields},
-                  and the InstanceConfig fields (env, restart = {RestartPolicy fields}, ...)
+    [[tasks]]     name, command (or entry = "pkg.module:handler" with preload = [...]),
+                  instances, resources = {ResourceLimits fields}, and the InstanceConfig
+                  fields (env, prestart, restart = {RestartPolicy fields}, ...)
 
 Conveniences: sizes (``capacity_memory``, ``resources.memory_bytes`` or its short spelling
 ``resources.memory``) may be strings such as
@@ -261,10 +262,11 @@ def _task(entry: object, where: str, base_dir: str) -> TaskSpec:
         resources["memory_bytes"] = parse_size(resources["memory_bytes"],
                                                f"{where}.resources.memory_bytes")
     limits = from_mapping(ResourceLimits, resources, f"{where}.resources")
-    if "command" not in table:
+    if "command" not in table and "entry" not in table:
         raise ConfigError(f"{where}.command: missing (the instance's argv as a list of "
-                          "strings, e.g. command = [\"{python}\", \"my_instance.py\"])")
-    command = table["command"]
+                          "strings, e.g. command = [\"{python}\", \"my_instance.py\"], "
+                          "or entry = \"package.module:handler\")")
+    command = table.get("command")
     if isinstance(command, list) and command and all(isinstance(a, str) for a in command):
         table["command"] = _command(command, base_dir)
     if isinstance(table.get("working_dir"), str):

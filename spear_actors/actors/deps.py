@@ -15,7 +15,7 @@ from typing import Any
 
 import pykka
 
-from ..process import Isolation, OutputRings, ProcessWatcher
+from ..process import Isolation, OutputRings, ProcessWatcher, ZygotePool
 from ..scheduler import Scheduler
 
 __all__ = ["ActorSet", "Deps", "ListenerInfo", "ServiceHandle", "ServiceLink", "Services",
@@ -128,6 +128,8 @@ class Deps:
     """The spearlet's cgroups (None, or mode ``rlimit``: instances get no cgroup)."""
     output: OutputRings = field(default_factory=OutputRings, compare=False)
     """Every instance's recent output lines (``tail``), fed by the watcher thread."""
+    zygotes: ZygotePool | None = None
+    """The zygotes that fork ``entry`` instances (owned by the facade)."""
 
     @property
     def connection(self) -> ServiceHandle:

@@ -58,7 +58,7 @@ from ..messages import (
     StopProcess,
     TrackProcess,
 )
-from ..process import InstanceCgroup, ManagedProcess, build_env, spawn
+from ..process import InstanceCgroup, ManagedProcess, build_env, fork_instance, spawn
 from ..records import InstanceInfo, InstanceState
 from ..scheduler import TimerHandle
 from .deps import Deps, safe_tell
@@ -86,8 +86,11 @@ class InstanceActor(pykka.ThreadingActor):
     def __init__(self, *, instance_id: str, task_id: str, generation: int, secret: str,
                  config: InstanceConfig, limits: ResourceLimits, argv: list[str], cwd: str,
                  restarts: int, supervisor: pykka.ActorRef[Any], deps: Deps,
-                 previous_exit: tuple[int | None, str | None] = (None, None)) -> None:
+                 previous_exit: tuple[int | None, str | None] = (None, None),
+                 claimed: threading.Event | None = None) -> None:
         super().__init__()
+        self._claimed = claimed
+        """A warm-pool member is routed (given requests) only once this is set."""
         self.instance_id = instance_id
         self.task_id = task_id
         self.generation = generation
@@ -190,10 +193,21 @@ class InstanceActor(pykka.ThreadingActor):
                 raise SpawnError(f"cannot make the cgroup of {self.instance_id}: {exc}") from exc
         try:
             self._output_mark = deps.output.mark(self.instance_id)
-            self._proc = spawn(argv=self.argv, env=env, cwd=self.cwd, limits=self.limits,
-                               instance_id=self.instance_id, on_exit=on_exit,
-                               on_output=deps.output.append, watcher=deps.watcher,
-                               cgroup=self._cgroup)
+            if self.config.entry is not None:  # a handler: forked from a zygote
+                if deps.zygotes is None:
+                    raise SpawnError("this system has no zygotes for entry instances")
+                path = (self.config.working_dir,) if self.config.working_dir else ()
+                zygote = deps.zygotes.get(self.config.preload, path)
+                self._proc = fork_instance(
+                    zygote=zygote, entry=self.config.entry, env=env, cwd=self.cwd,
+                    limits=self.limits, instance_id=self.instance_id, on_exit=on_exit,
+                    on_output=deps.output.append, watcher=deps.watcher, cgroup=self._cgroup,
+                    argv=self.argv)
+            else:
+                self._proc = spawn(argv=self.argv, env=env, cwd=self.cwd, limits=self.limits,
+                                   instance_id=self.instance_id, on_exit=on_exit,
+                                   on_output=deps.output.append, watcher=deps.watcher,
+                                   cgroup=self._cgroup)
         except BaseException:
             self._remove_cgroup()
             raise
@@ -405,8 +419,10 @@ class InstanceActor(pykka.ThreadingActor):
         safe_tell(self._deps.runtime, InstanceUpdated(self.info(), self.generation))
 
     def _route(self, state: InstanceState) -> None:
+        idle = self._claimed is not None and not self._claimed.is_set()
         safe_tell(self._deps.tasks, InstanceRoute(self.instance_id, self.task_id,
-                                                  self._routing_id, self._window, state,
+                                                  None if idle else self._routing_id,
+                                                  self._window, state,
                                                   self.generation))
 
     def _unroute(self) -> None:

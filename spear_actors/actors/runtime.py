@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -62,7 +63,7 @@ from ..messages import (
     SupervisorFailed,
     WatchState,
 )
-from ..process import Isolation, OutputRings, ProcessWatcher, resolve_command
+from ..process import Isolation, OutputRings, ProcessWatcher, ZygotePool, resolve_command
 from ..records import InstanceInfo, InstanceState
 from ..scheduler import Scheduler
 from .deps import ActorSet, Deps, safe_tell
@@ -86,6 +87,19 @@ class BootInfo:
     children: ActorSet
 
 
+REFILL_DELAY = 0.01
+"""Seconds between a warm-pool claim and its refill (the claimer's next asks go first)."""
+
+
+@dataclass(frozen=True)
+class _Refill:
+    """To itself, after a claim: start idle members until the pool is full again."""
+
+    task_id: str
+    config: InstanceConfig
+    limits: ResourceLimits
+
+
 @dataclass(slots=True)
 class _Entry:
     task_id: str
@@ -99,6 +113,8 @@ class _Entry:
     generation: int = 0
     removing: bool = False
     """Scaled down or removed by a reload: dropped from the table once its supervisor ends."""
+    claimed: threading.Event | None = None
+    """Set for a warm-pool member once claimed; None for an instance not from a pool."""
     watchers: list[tuple[frozenset[InstanceState], threading.Event]] = field(
         default_factory=list)
 
@@ -108,10 +124,11 @@ class RuntimeActor(pykka.ThreadingActor):
 
     def __init__(self, config: SystemConfig, work_dir: str, scheduler: Scheduler,
                  watcher: ProcessWatcher, escalate: Escalate,
-                 isolation: Isolation | None = None, output: OutputRings | None = None
-                 ) -> None:
+                 isolation: Isolation | None = None, output: OutputRings | None = None,
+                 zygotes: ZygotePool | None = None) -> None:
         super().__init__()
         self._output = output or OutputRings()
+        self._zygotes = zygotes
         self._templates: dict[str, tuple[InstanceConfig, ResourceLimits]] = {}
         """The config of each task's newest instance: what ``ScaleTask`` starts more of."""
         self.config = config
@@ -148,6 +165,9 @@ class RuntimeActor(pykka.ThreadingActor):
                 if self.failure is not None:
                     raise self.failure
                 return self._create(task_id, config, limits)
+            case _Refill(task_id, config, limits):
+                if self.failure is None:
+                    self._refill(task_id, config, limits)
             case InstanceUpdated(info, generation):
                 self._updated(info, generation)
             case SupervisorDone(instance_id):
@@ -167,9 +187,10 @@ class RuntimeActor(pykka.ThreadingActor):
             case GetSupervisor(instance_id):
                 entry = self._entries.get(instance_id)
                 return entry.supervisor if entry else None
-            case ListInstances(task_id):
+            case ListInstances(task_id, include_idle):
                 return [e.info for e in self._entries.values()
-                        if task_id is None or e.task_id == task_id]
+                        if (task_id is None or e.task_id == task_id)
+                        and (include_idle or not _idle(e))]
             case WatchState(instance_id, states, event):
                 self._watch(instance_id, states, event)
             case DescribeTree():
@@ -204,7 +225,8 @@ class RuntimeActor(pykka.ThreadingActor):
         info = tree.boot(self._known_routes)
         self.deps = Deps(runtime=self.actor_ref, services=tree.services,
                          scheduler=self._scheduler, watcher=self._watcher, listener=info,
-                         isolation=self._isolation, output=self._output)
+                         isolation=self._isolation, output=self._output,
+                         zygotes=self._zygotes)
         return BootInfo(info.endpoint, info.port, tree.intake, self.deps.children)
 
     # -- self-supervision ------------------------------------------------------------------------
@@ -288,6 +310,44 @@ class RuntimeActor(pykka.ThreadingActor):
         return cpus, memory
 
     def _create(self, task_id: str, config: InstanceConfig, limits: ResourceLimits) -> str:
+        """A new instance, or (``config.prestart``) an idle member of the warm pool claimed,
+        READY at once if it already is; the pool is refilled after the answer."""
+        if config.prestart <= 0:
+            return self._new(task_id, config, limits)
+        idle = self._pool(task_id, config, limits)
+        if not idle:
+            instance_id = self._new(task_id, config, limits)
+        else:
+            ready = [i for i in idle if self._entries[i].info.state is InstanceState.READY]
+            instance_id = (ready or idle)[0]
+            entry = self._entries[instance_id]
+            assert entry.claimed is not None
+            entry.claimed.set()
+            if entry.supervisor is not None:  # routes it now, if it is READY
+                safe_tell(entry.supervisor, Reattach("tasks"))
+            assert self.deps is not None
+            safe_tell(self.deps.monitor, RecordEvent("InstanceClaimed", {
+                "instance_id": instance_id, "task_id": task_id}, time.time()))
+        # shortly after, not next: the caller's wait_ready must not queue behind the refill
+        ref, refill = self.actor_ref, _Refill(task_id, config, limits)
+        self._scheduler.call_later(REFILL_DELAY, lambda: safe_tell(ref, refill))
+        return instance_id
+
+    def _pool(self, task_id: str, config: InstanceConfig, limits: ResourceLimits) -> list[str]:
+        return [iid for iid, e in self._entries.items()
+                if _idle(e) and not e.info.state.is_final and e.task_id == task_id
+                and e.config == config and e.limits == limits]
+
+    def _refill(self, task_id: str, config: InstanceConfig, limits: ResourceLimits) -> None:
+        for _ in range(config.prestart - len(self._pool(task_id, config, limits))):
+            try:
+                self._new(task_id, config, limits, claimed=threading.Event())
+            except SpearError as exc:  # capacity: the pool stays short
+                self._log.warning("warm pool of task {} not refilled: {}", task_id, exc)
+                return
+
+    def _new(self, task_id: str, config: InstanceConfig, limits: ResourceLimits,
+             claimed: threading.Event | None = None) -> str:
         if self.deps is None:
             raise RuntimeError("runtime not booted yet")
         if not isinstance(task_id, str) or not _TASK_ID.match(task_id):
@@ -302,11 +362,12 @@ class RuntimeActor(pykka.ThreadingActor):
         instance_id = f"{task_id}-{next(self._counter)}"
         cwd = config.working_dir or os.path.join(self.work_dir, instance_id)
         os.makedirs(cwd, mode=0o700, exist_ok=True)
-        argv = resolve_command(config.command, cwd)  # SpawnError now, not in a restart loop
+        argv = _argv(config, cwd)
         info = InstanceInfo(id=instance_id, task_id=task_id, state=InstanceState.CREATING,
                             pid=None, restarts=0, connection_id=None, session_id=None,
                             started_at=None, last_exit_code=None, last_error=None)
-        entry = _Entry(task_id, config, limits, argv, cwd, info, None, time.time())
+        entry = _Entry(task_id, config, limits, argv, cwd, info, None, time.time(),
+                       claimed=claimed)
         self._entries[instance_id] = entry
         self._templates[task_id] = (config, limits)
         safe_tell(self.deps.monitor, RecordEvent("InstanceCreated", {
@@ -345,7 +406,7 @@ class RuntimeActor(pykka.ThreadingActor):
         if config is not None:
             cwd = config.working_dir or os.path.join(self.work_dir, instance_id)
             os.makedirs(cwd, mode=0o700, exist_ok=True)
-            entry.argv = resolve_command(config.command, cwd)
+            entry.argv = _argv(config, cwd)
             entry.config, entry.cwd = config, cwd
         entry.limits = new_limits
         entry.info = replace(entry.info, state=InstanceState.CREATING, pid=None, restarts=0)
@@ -396,7 +457,7 @@ class RuntimeActor(pykka.ThreadingActor):
         entry.supervisor = SupervisorActor.start(
             instance_id=instance_id, task_id=entry.task_id, config=entry.config,
             limits=entry.limits, argv=entry.argv, cwd=entry.cwd, deps=self.deps,
-            restarts=restarts, last_error=last_error)
+            restarts=restarts, last_error=last_error, claimed=entry.claimed)
 
     # -- state ---------------------------------------------------------------------------------
     def _updated(self, info: InstanceInfo, generation: int) -> None:
@@ -439,7 +500,7 @@ class RuntimeActor(pykka.ThreadingActor):
                 "restart_policy": {"mode": e.config.restart.mode,
                                    "max_restarts": e.config.restart.max_restarts,
                                    "window": e.config.restart.window},
-                "info": e.info, "created_at": e.created_at})
+                "info": e.info, "created_at": e.created_at, "idle": _idle(e)})
         tree = self.tree
         deps = self.deps
         return {"runtime_alive": True,
@@ -452,3 +513,15 @@ class RuntimeActor(pykka.ThreadingActor):
                 "isolation": self._isolation.mode if self._isolation is not None else "rlimit",
                 "endpoint": deps.listener.endpoint if deps else None}
 
+
+def _idle(entry: _Entry) -> bool:
+    """A warm-pool member not claimed yet."""
+    return entry.claimed is not None and not entry.claimed.is_set()
+
+
+def _argv(config: InstanceConfig, cwd: str) -> list[str]:
+    """What runs: the command (SpawnError now, not in a restart loop), or for a handler
+    instance forked from a zygote, the command line that stands for it."""
+    if config.entry is not None:
+        return [sys.executable, "-m", "spear_actors.zygote", "--serve", config.entry]
+    return resolve_command(config.command, cwd)

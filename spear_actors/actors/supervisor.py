@@ -21,6 +21,7 @@ import collections
 import itertools
 import random
 import secrets
+import threading
 import time
 from concurrent.futures import Future
 from typing import Any
@@ -69,8 +70,10 @@ class SupervisorActor(pykka.ThreadingActor):
 
     def __init__(self, *, instance_id: str, task_id: str, config: InstanceConfig,
                  limits: ResourceLimits, argv: list[str], cwd: str, deps: Deps,
-                 restarts: int = 0, last_error: str | None = None) -> None:
+                 restarts: int = 0, last_error: str | None = None,
+                 claimed: threading.Event | None = None) -> None:
         super().__init__()
+        self._claimed = claimed
         self.instance_id = instance_id
         self.task_id = task_id
         self.config = config
@@ -151,7 +154,7 @@ class SupervisorActor(pykka.ThreadingActor):
             instance_id=self.instance_id, task_id=self.task_id, generation=self.generation,
             secret=new_secret(), config=self.config, limits=self.limits, argv=self.argv,
             cwd=self.cwd, restarts=self.restarts, supervisor=self.actor_ref, deps=self._deps,
-            previous_exit=(self.last_exit_code, self.last_error))
+            previous_exit=(self.last_exit_code, self.last_error), claimed=self._claimed)
 
     def _child_ended(self, exit_code: int | None, reason: str, abnormal: bool) -> None:
         self.child = None

@@ -23,6 +23,10 @@ module:
   :class:`InstanceCgroup`, one per instance generation: limits, usage, OOM kills, kill it
   whole, remove it; :mod:`.wrapper` — the exec wrapper that joins the cgroup (and, for
   ``network="none"``, a new network namespace) before the program runs.
+* :mod:`.forking` — :func:`fork_instance` is :func:`spawn` for a handler (``entry``)
+  instance: a :class:`Zygote` (``python -m spear_actors.zygote``, kept by a
+  :class:`ZygotePool`, restarted if it dies) forks it; the child is then watched, guarded
+  and stopped like a spawned one.
 * :mod:`.reaping` — :func:`set_child_subreaper` / :func:`reap_adopted_orphans`: orphans of
   instances come to us and are reaped, instead of piling up as zombies under a PID 1 that
   does not reap.
@@ -34,6 +38,7 @@ logged, nor stored on the handle.
 from __future__ import annotations
 
 from .cgroups import Isolation
+from .forking import ForkedChild, Zygote, ZygotePool, fork_instance
 from .handle import ExitCallback, ManagedProcess, OutputCallback, Stream
 from .instance_cgroup import InstanceCgroup
 from .launch import ENV_ALLOWLIST, build_env, resolve_command, spawn
@@ -47,6 +52,7 @@ __all__ = [
     "ENV_ALLOWLIST",
     "MAX_LINE",
     "ExitCallback",
+    "ForkedChild",
     "InstanceCgroup",
     "Isolation",
     "ManagedProcess",
@@ -54,8 +60,11 @@ __all__ = [
     "OutputRings",
     "ProcessWatcher",
     "Stream",
+    "Zygote",
+    "ZygotePool",
     "build_env",
     "default_watcher",
+    "fork_instance",
     "reap_adopted_orphans",
     "resolve_command",
     "set_child_subreaper",

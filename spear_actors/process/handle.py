@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import IO, TYPE_CHECKING, Literal, Protocol
 
 import psutil
 
@@ -46,6 +46,21 @@ OutputCallback = Callable[[str, Stream, str], None]
 """``on_output(instance_id, stream, line)``, one call per line, without the newline."""
 
 
+class ChildHandle(Protocol):
+    """What :class:`ManagedProcess` needs of the process it manages: a ``Popen`` (spawned) or
+    a :class:`~.forking.ForkedChild` (forked by a zygote)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    @property
+    def stdout(self) -> IO[bytes] | None: ...
+    @property
+    def stderr(self) -> IO[bytes] | None: ...
+    def poll(self) -> int | None: ...
+
+
 class ManagedProcess:
     """Handle on one instance process started by :func:`spawn`; thread-safe.
 
@@ -54,7 +69,8 @@ class ManagedProcess:
     :meth:`wait` returns, all output has been delivered and ``on_exit`` has run.
     """
 
-    def __init__(self, popen: subprocess.Popen[bytes], *, instance_id: str, argv: Sequence[str],
+    def __init__(self, popen: subprocess.Popen[bytes] | ChildHandle, *, instance_id: str,
+                 argv: Sequence[str],
                  pidfd: int | None, on_exit: ExitCallback | None,
                  on_output: OutputCallback | None,
                  cgroup: InstanceCgroup | None = None) -> None:

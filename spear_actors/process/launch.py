@@ -102,7 +102,8 @@ def spawn(*, argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
           limits: ResourceLimits | None, instance_id: str, on_exit: ExitCallback | None,
           on_output: OutputCallback | None = None,
           watcher: ProcessWatcher | None = None,
-          cgroup: InstanceCgroup | None = None) -> ManagedProcess:
+          cgroup: InstanceCgroup | None = None,
+          pass_fds: Sequence[int] = ()) -> ManagedProcess:
     """Start ``argv`` in its own session and process group, apply ``limits``, watch it.
 
     Runs in the caller's thread; ``on_exit`` and ``on_output`` will run in the watcher thread
@@ -116,7 +117,8 @@ def spawn(*, argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
     runs it in a fresh network namespace. The handle's :attr:`~ManagedProcess.cgroup` is
     ``cgroup``: stopping it kills the whole cgroup. The child is registered with the watcher's
     guardian (started before the fork if none runs), so it dies with this process, however
-    this process dies. Raises :class:`SpawnError` if the process cannot be started or a limit
+    this process dies. ``pass_fds`` are inherited by the child (the zygote's control socket).
+    Raises :class:`SpawnError` if the process cannot be started or a limit
     cannot be applied (the child is then killed and reaped).
     """
     if not argv:
@@ -130,7 +132,8 @@ def spawn(*, argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
     try:
         popen = subprocess.Popen(command, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 close_fds=True, start_new_session=True)
+                                 close_fds=True, pass_fds=tuple(pass_fds),
+                                 start_new_session=True)
     except (OSError, ValueError) as exc:  # ENOENT, EACCES, ENOEXEC, bad env ...
         raise SpawnError(f"cannot start {argv[0]} for instance {instance_id}: {exc}") from exc
     pidfd = None

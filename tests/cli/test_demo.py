@@ -51,6 +51,7 @@ def test_demo_runs_clean(tmp_path: Path) -> None:
     assert seen >= 5000, f"the scrape saw {seen} executes"
     out = result.stdout
     assert f"Prometheus metrics at http://127.0.0.1:{port}/metrics" in out
+    assert re.search(r"started 3 echo handler instances \(forked from a zygote\)", out), out
     assert "5000 requests answered" in out and "every answer checked" in out
     assert re.search(r"killed echo-2 \(pid \d+\) with SIGKILL: its supervisor restarted it as "
                      r"pid \d+, READY again \d+ ms after the kill \(restarts: 1\)", out), out

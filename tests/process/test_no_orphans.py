@@ -226,3 +226,19 @@ def test_graceful_exit_leaves_no_guardian(spearlet: Callable[..., Spearlet]) -> 
     assert s.popen.wait(START_WAIT) == 0, s.output()
     assert dead(guardian)  # stopped and reaped by the spearlet itself
     assert all(dead(p) for p in procs)
+
+
+def test_sigkill_of_an_embedding_program_takes_the_zygote_and_its_children(
+        spearlet: Callable[..., Spearlet]) -> None:
+    s = spearlet([sys.executable, str(PROGRAM.parent / "embedded_zygote.py")])
+    pids = list(s.read_json()["instances"].values())
+    zygotes = {psutil.Process(pid).ppid() for pid in pids}
+    assert len(zygotes) == 1
+    (zygote,) = zygotes
+    assert "spear_actors.zygote" in psutil.Process(zygote).cmdline()
+    procs = tree_of([zygote])
+    s.seen += procs
+    s.guardian()  # seen, so that the cleanup reaps it too
+    assert {p.pid for p in procs} == {zygote, *pids}
+    killed = s.kill()
+    assert_all_gone(procs, since=killed)
