@@ -163,6 +163,10 @@ def remove_cgroups(root: str, timeout: float) -> bool:
         delay = min(delay * 2, 0.05)
 
 
+REMOVE_WAIT = 10.0
+"""Seconds the guardian keeps trying to remove a spearlet cgroup still busy with zombies."""
+
+
 class Guardian:
     """The guarded sessions and the kill; driven by :func:`main` (one thread)."""
 
@@ -233,7 +237,9 @@ class Guardian:
         if self.cgroups:
             kill_cgroups(self.cgroups, frozenset(self.spared))
             for path in self.cgroups:
-                remove_cgroups(path, 1.0)
+                # a killed member stays a zombie (and its cgroup busy) until its new parent
+                # reaps it: wait for that, bounded, rather than leave the directory behind
+                remove_cgroups(path, REMOVE_WAIT)
 
     def kill_sessions(self) -> None:
         """SIGKILL every guarded session, in rounds until no live member is left."""

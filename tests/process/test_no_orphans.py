@@ -10,6 +10,7 @@ test started is killed at teardown, even when it fails."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -63,6 +64,8 @@ class Spearlet:
         self.popen = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=self._log)
         self.seen: list[psutil.Process] = []
+        self.guardians: list[psutil.Process] = []
+        """Found guardians: left to finish their work before the cleanup kills them."""
         self._buffer = b""
 
     def read_json(self, timeout: float = START_WAIT) -> dict[str, Any]:
@@ -99,7 +102,7 @@ class Spearlet:
 
         g = wait_until(find, START_WAIT, message="the spearlet's guardian")
         assert g is not None
-        self.seen.append(g)
+        self.guardians.append(g)
         return g
 
     def processes(self, pids: Sequence[int], shells: int) -> list[psutil.Process]:
@@ -132,7 +135,11 @@ class Spearlet:
             if f is not None:
                 f.close()
         self._log.close()
-        kill_all(self.seen)
+        kill_all(self.seen)  # and reap: a zombie keeps its cgroup busy
+        for g in self.guardians:  # it exits once it has removed the cgroups (bounded)
+            with contextlib.suppress(psutil.Error):
+                g.wait(START_WAIT)
+        kill_all(self.guardians)
 
 
 def _cmdline(p: psutil.Process) -> list[str]:
@@ -238,7 +245,7 @@ def test_sigkill_of_an_embedding_program_takes_the_zygote_and_its_children(
     assert "spear_actors.zygote" in psutil.Process(zygote).cmdline()
     procs = tree_of([zygote])
     s.seen += procs
-    s.guardian()  # seen, so that the cleanup reaps it too
+    s.guardian()  # found, so that the cleanup lets it finish, then reaps it
     assert {p.pid for p in procs} == {zygote, *pids}
     killed = s.kill()
     assert_all_gone(procs, since=killed)
