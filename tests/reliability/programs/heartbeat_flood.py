@@ -10,9 +10,9 @@ import sys
 import time
 
 import zmq
-from rawclient import authenticate, dealer, session
+from rawclient import authenticate, dealer, serve, session
 
-from spear_actors.protocol.client import RequestReceived, ServerClosed, SignalReceived
+from spear_actors.protocol.client import RequestReceived
 
 
 def main() -> int:
@@ -37,24 +37,8 @@ def main() -> int:
     for event in held:
         data = str(sent).encode() if event.method == "count" else event.data
         sock.send(sess.respond(event.request_id, time.time(), data))
-    while True:
-        now = time.time()
-        if sess.heartbeat_due(now):
-            sock.send(sess.heartbeat(now))
-        if sess.server_silent(now):
-            return 2
-        if not sock.poll(50):
-            continue
-        event = sess.receive(sock.recv(), time.time())
-        if isinstance(event, RequestReceived):
-            data = str(sent).encode() if event.method == "count" else event.data
-            sock.send(sess.respond(event.request_id, time.time(), data))
-        elif isinstance(event, SignalReceived) and event.signal == "stop":
-            sock.send(sess.close("stop", time.time()))
-            return 0
-        elif isinstance(event, ServerClosed):
-            return 0
-
+    return serve(sock, sess, lambda event: str(sent).encode() if event.method == "count"
+                 else event.data)
 
 if __name__ == "__main__":
     sys.exit(main())

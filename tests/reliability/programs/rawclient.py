@@ -7,10 +7,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import zmq
 
-from spear_actors.protocol.client import AuthAccepted, ClientSession
+from spear_actors.protocol.client import (
+    AuthAccepted,
+    ClientSession,
+    RequestReceived,
+    ServerClosed,
+    SignalReceived,
+)
 
 
 def endpoint() -> str:
@@ -44,3 +51,25 @@ def authenticate(sock: zmq.Socket[bytes], sess: ClientSession, timeout: float = 
             sys.exit(1)
     print(f"{sys.argv[0]}: no answer to AUTH_REQUEST", file=sys.stderr)
     sys.exit(1)
+
+
+def serve(sock: zmq.Socket[bytes], sess: ClientSession,
+          answer: Callable[[RequestReceived], bytes]) -> int:
+    """Heartbeat and answer requests with ``answer`` until SIGNAL stop or CONNECTION_CLOSE
+    (exit code 0), or until the server goes silent (2)."""
+    while True:
+        now = time.time()
+        if sess.heartbeat_due(now):
+            sock.send(sess.heartbeat(now))
+        if sess.server_silent(now):
+            return 2
+        if not sock.poll(50):
+            continue
+        event = sess.receive(sock.recv(), time.time())
+        if isinstance(event, RequestReceived):
+            sock.send(sess.respond(event.request_id, time.time(), answer(event)))
+        elif isinstance(event, SignalReceived) and event.signal == "stop":
+            sock.send(sess.close("stop", time.time()))
+            return 0
+        elif isinstance(event, ServerClosed):
+            return 0

@@ -15,11 +15,9 @@ import time
 
 import zmq
 
-from spear_actors.protocol.client import RequestReceived, ServerClosed, SignalReceived
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "reliability",
                                 "programs"))
-from rawclient import authenticate, dealer, session
+from rawclient import authenticate, dealer, serve, session
 
 CUT_WITHIN = 10.0
 GARBAGE = b"\xc1 this is not msgpack"
@@ -53,24 +51,8 @@ def main() -> int:
     sock = dealer(ctx)
     sess = session()
     authenticate(sock, sess)
-    while True:
-        now = time.time()
-        if sess.heartbeat_due(now):
-            sock.send(sess.heartbeat(now))
-        if sess.server_silent(now):
-            return 2
-        if not sock.poll(50):
-            continue
-        event = sess.receive(sock.recv(), time.time())
-        if isinstance(event, RequestReceived):
-            data = history if event.method == "history" else event.data
-            sock.send(sess.respond(event.request_id, time.time(), data))
-        elif isinstance(event, SignalReceived) and event.signal == "stop":
-            sock.send(sess.close("stop", time.time()))
-            return 0
-        elif isinstance(event, ServerClosed):
-            return 0
-
+    return serve(sock, sess, lambda event: history if event.method == "history"
+                 else event.data)
 
 if __name__ == "__main__":
     sys.exit(main())
