@@ -67,26 +67,12 @@ class Query:
 
 
 @dataclass(frozen=True)
-class Shutdown:
-    """ask -> list of Futures[InstanceInfo]: stop every instance (reverse start order)."""
-
-    reason: str = "shutdown"
-
-
-@dataclass(frozen=True)
 class CreateInstance:
     """ask -> instance id (str); raises SpawnError / InsufficientResources / ConfigError."""
 
     task_id: str
     config: InstanceConfig
     limits: ResourceLimits
-
-
-@dataclass(frozen=True)
-class GetSupervisor:
-    """ask -> the instance's SupervisorActor ref, or None."""
-
-    instance_id: str
 
 
 @dataclass(frozen=True)
@@ -275,16 +261,7 @@ class Crash:
     message: str = "crash injected"
 
 
-@dataclass(frozen=True)
-class DescribeInstance:
-    """ask -> InstanceInfo."""
-
-
 # -- ConnectionActor -----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class StartListening:
-    """ask -> endpoint (str); raises TransportError / ConfigError."""
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,6 @@ from ..messages import (
     ConnectionAuthenticated,
     ConnectionLost,
     Crash,
-    DescribeInstance,
     ExpectInstance,
     ForgetInstance,
     InstanceRoute,
@@ -240,8 +239,6 @@ class InstanceActor(pykka.ThreadingActor):
                 self._kill(reason)
             case Crash(text):
                 raise RuntimeError(text)
-            case DescribeInstance():
-                return self.info()
             case Reattach(service):
                 self._reattach(service)
             case _:

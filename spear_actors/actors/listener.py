@@ -57,7 +57,6 @@ class Listener:
         self._budget: dict[bytes, tuple[float, float]] = {}  # routing id -> (tokens, at)
         self.pump = RouterPump(self._consume, config, on_tick=self._tick,
                                on_send_failed=self._send_failed)
-        self.dropped = 0
 
     def new_connection_id(self) -> str:
         """Connection ids never repeat across ConnectionActor incarnations."""
@@ -88,7 +87,6 @@ class Listener:
         if rest:
             rest = self._within_budget(rest)
         if rest and not safe_tell(self._connection, InboundBatch(rest)):
-            self.dropped += len(rest)
             self.pump.counters["frames_dropped_restart"] += len(rest)
 
     def _within_budget(self, frames: list[Inbound]) -> list[Inbound]:

@@ -45,7 +45,6 @@ from ..messages import (
     Crash,
     CreateInstance,
     DescribeTree,
-    GetSupervisor,
     InjectCrash,
     InstanceUpdated,
     ListInstances,
@@ -184,9 +183,6 @@ class RuntimeActor(pykka.ThreadingActor):
                 if self.failure is not None:
                     raise self.failure
                 return self._scale(task_id, count, config, limits, forget)
-            case GetSupervisor(instance_id):
-                entry = self._entries.get(instance_id)
-                return entry.supervisor if entry else None
             case ListInstances(task_id, include_idle):
                 return [e.info for e in self._entries.values()
                         if (task_id is None or e.task_id == task_id)
