@@ -1,9 +1,10 @@
 """The router pump: one thread that owns the ROUTER socket (ZeroMQ sockets are not
 thread-safe, and an actor cannot block on its inbox and a socket at once).
 
-Modelled on pyzmq's ``ThreadAuthenticator``: :meth:`RouterPump.start` binds and starts the
-thread with a bounded start-up wait; :meth:`RouterPump.stop` wakes it, closes the socket with
-``linger`` set and terminates the context. The pump thread drains every ready frame and hands
+The thread's life (bounded start-up, wake-up pipe, poll loop, orderly stop) is
+:class:`~.socket_thread.SocketThread`'s, shared with the control endpoint: :meth:`start`
+binds and returns the endpoint, :meth:`stop` closes the sockets with ``linger`` set and
+terminates the context. The pump thread drains every ready frame and hands
 inbound batches to ``consumer`` (called in the pump thread); any thread may queue outbound
 frames with :meth:`send` (a deque plus a wake-up pipe: a pipe fd, unlike a zmq socket, may be
 written from any thread). Nothing a peer sends can stop the pump.
@@ -22,7 +23,6 @@ import collections
 import contextlib
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -36,7 +36,7 @@ from ..config import ConnectionConfig
 from ..errors import TransportError
 from .endpoints import BoundEndpoint, bind_listener, release_endpoint
 from .gate import PlainGate
-from .wake import WakePipe
+from .socket_thread import Context, SocketThread
 
 __all__ = ["Inbound", "RouterPump"]
 
@@ -83,15 +83,17 @@ queued it with (the task manager tags each execute request with its request id; 
 Tick = Callable[[float], None]
 
 
-class RouterPump:
-    """Owns one ROUTER socket in one thread. ``consumer``, ``on_tick`` and ``on_send_failed``
-    run in the pump thread and must not block; exceptions they raise are logged and survived.
+class RouterPump(SocketThread):
+    """Owns one ROUTER socket in one thread (a :class:`~.socket_thread.SocketThread`).
+    ``consumer``, ``on_tick`` and ``on_send_failed`` run in the pump thread and must not
+    block; exceptions they raise are logged and survived.
     """
 
     def __init__(self, consumer: Consumer, config: ConnectionConfig | None = None, *,
                  on_tick: Tick | None = None, tick_interval: float = 0.1,
                  on_send_failed: SendFailed | None = None, hwm: int = DEFAULT_HWM,
                  name: str = "spear") -> None:
+        super().__init__(f"{name}-router-pump")
         self.config = config or ConnectionConfig()
         self._consumer = consumer
         self._on_tick = on_tick
@@ -100,11 +102,6 @@ class RouterPump:
         self._hwm = hwm
         self._name = name
         self._outbox: collections.deque[tuple[bytes, bytes, int]] = collections.deque()
-        self._wakeup = WakePipe()
-        self._stopping = False
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
-        self._thread: threading.Thread | None = None
         self._known: dict[bytes, tuple[int, object]] = {}
         """routing id -> (descriptor, the peer's identity: remote address, or credentials on
         ipc), taken at its first frame: a connection is cut only if its descriptor still
@@ -116,7 +113,10 @@ class RouterPump:
         self._control: collections.deque[tuple[str, bytes, Future[BoundEndpoint]]] = \
             collections.deque()
         self._extra: dict[bytes, tuple[zmq.Socket[bytes], BoundEndpoint]] = {}
-        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None  # the pump thread's
+        self._extra_prefix: dict[zmq.Socket[bytes], bytes] = {}
+        self._ctx: Context | None = None  # the pump thread's
+        self._sock: zmq.Socket[bytes] | None = None  # the main listener (pump thread)
+        self._next_tick = 0.0
         self.bound: BoundEndpoint | None = None
         self.gate = PlainGate() if self.config.gate == "plain" else None
         """ZeroMQ's own gate (``ConnectionConfig.gate``): the owner allows instances in it."""
@@ -134,24 +134,10 @@ class RouterPump:
     def port(self) -> int | None:
         return self.bound.port if self.bound else None
 
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
-
     def start(self, timeout: float = 10.0) -> str:
         """Bind and start the pump thread; returns the endpoint. Raises TransportError or
         ConfigError if binding fails, TransportError if the thread does not come up in time."""
-        if self._thread is not None:
-            raise TransportError("the pump was already started")
-        self._thread = threading.Thread(target=self._run, name=f"{self._name}-router-pump",
-                                        daemon=True)
-        self._thread.start()
-        if not self._started.wait(timeout):
-            self._stopping = True
-            raise TransportError(f"router pump did not start within {timeout} s")
-        if self._start_error is not None:
-            self._thread.join(timeout)
-            raise self._start_error
+        self.start_thread(timeout)
         return self.endpoint
 
     def send(self, routing_id: bytes, body: bytes, tag: int = 0) -> None:
@@ -211,17 +197,6 @@ class RouterPump:
     def muted_count(self) -> int:
         return len(self._muted)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread, close the socket, terminate the context. Idempotent."""
-        self._stopping = True
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            self._wakeup.wake()
-            thread.join(timeout)
-            if thread.is_alive():
-                logger.error("router pump did not stop within {} s", timeout)
-        self._wakeup.close()
-
     def __enter__(self) -> RouterPump:
         self.start()
         return self
@@ -230,41 +205,35 @@ class RouterPump:
         self.stop()
 
     # -- pump thread ---------------------------------------------------------------------------
-    def _run(self) -> None:
-        ctx = zmq.Context()
+    def _open(self, ctx: Context) -> None:
         self._ctx = ctx
-        sock: zmq.Socket[bytes] | None = None
-        try:
-            if self.gate is not None:
-                self.gate.bind(ctx)  # before any listener: libzmq asks it from the start
-            sock = self._router_socket()
-            self.bound = bind_listener(sock, self.config, self._name)
-        except BaseException as exc:
-            self._start_error = exc if isinstance(exc, Exception) else TransportError(str(exc))
-            # destroy, not term: a socket _router_socket() made before failing is not ``sock``
-            # yet, and term() would wait for it forever
-            ctx.destroy(linger=0)
-            self._started.set()
-            return
-        self._started.set()
+        if self.gate is not None:
+            # before any listener: libzmq asks it from the start
+            self._poller.register(self.gate.bind(ctx), zmq.POLLIN)
+        sock = self._router_socket()
+        self.bound = bind_listener(sock, self.config, self._name)
+        self._sock = sock
+        self._poller.register(sock, zmq.POLLIN)
+        self._next_tick = time.monotonic() + self._tick_interval
         logger.debug("router pump listening on {}", self.bound.endpoint)
-        try:
-            self._loop(sock)
-        except Exception:
-            log_exception(logger, "router pump crashed")
-        finally:
-            sock.close(linger=100)  # let final CONNECTION_CLOSE frames out
-            for extra, bound in self._extra.values():
-                extra.close(linger=100)
-                release_endpoint(bound)
-            self._extra.clear()
-            for _, _, future in self._control:
-                if not future.done():
-                    future.set_exception(TransportError("the router pump stopped"))
-            if self.gate is not None:
-                self.gate.close()
-            ctx.term()
+
+    def _close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=100)  # let final CONNECTION_CLOSE frames out
+        for extra, bound in self._extra.values():
+            extra.close(linger=100)
+            release_endpoint(bound)
+        self._extra.clear()
+        for _, _, future in self._control:
+            if not future.done():
+                future.set_exception(TransportError("the router pump stopped"))
+        if self.gate is not None:
+            self.gate.close()
+        if self.bound is not None:
             release_endpoint(self.bound)
+
+    def _poll_timeout(self) -> int:
+        return max(0, int((self._next_tick - time.monotonic()) * 1000))
 
     def _router_socket(self) -> zmq.Socket[bytes]:
         assert self._ctx is not None
@@ -281,49 +250,39 @@ class RouterPump:
             sock.curve_secretkey = self.config.curve_secret_key.encode()
         return sock
 
-    def _loop(self, sock: zmq.Socket[bytes]) -> None:
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wakeup.fd, zmq.POLLIN)
-        zap = self.gate.socket if self.gate is not None else None
-        if zap is not None:
-            poller.register(zap, zmq.POLLIN)
-        extra_prefix: dict[zmq.Socket[bytes], bytes] = {}
-        next_tick = time.monotonic() + self._tick_interval
-        while not self._stopping:
-            timeout_ms = max(0, int((next_tick - time.monotonic()) * 1000))
-            events = dict(poller.poll(timeout_ms))
-            if zap is not None and zap in events:
-                assert self.gate is not None
-                accepted, denied = self.gate.answer()
-                self.counters["gate_accepted"] += accepted
-                self.counters["gate_denied"] += denied
-            if self._wakeup.fd in events:
-                self._wakeup.drain()
-                if self._control:
-                    self._apply_control(poller, extra_prefix)
-            if self._peer_ops:
-                self._apply_peer_ops()
-            if self._cuts and self._cuts[0][0] <= time.monotonic():
-                while self._cuts and self._cuts[0][0] <= time.monotonic():
-                    self._cut(self._cuts.popleft()[1])
-            if self._outbox:
-                self._flush(sock)
-            if sock in events:
-                self._drain(sock, b"")
-            for extra, prefix in extra_prefix.items():
+    def _ready(self, events: dict[zmq.Socket[bytes] | int, int], woken: bool) -> None:
+        sock = self._sock
+        assert sock is not None
+        gate = self.gate
+        if gate is not None and gate.socket in events:
+            accepted, denied = gate.answer()
+            self.counters["gate_accepted"] += accepted
+            self.counters["gate_denied"] += denied
+        if woken and self._control:
+            self._apply_control()
+        if self._peer_ops:
+            self._apply_peer_ops()
+        if self._cuts and self._cuts[0][0] <= time.monotonic():
+            while self._cuts and self._cuts[0][0] <= time.monotonic():
+                self._cut(self._cuts.popleft()[1])
+        if self._outbox:
+            self._flush(sock)
+        if sock in events:
+            self._drain(sock, b"")
+        if self._extra_prefix:
+            for extra, prefix in self._extra_prefix.items():
                 if extra in events:
                     self._drain(extra, prefix)
-            if self._outbox:  # consumers often answer synchronously
-                self._flush(sock)
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + self._tick_interval
-                if self._on_tick is not None:
-                    self._call(self._on_tick, now)
+        if self._outbox:  # consumers often answer synchronously
+            self._flush(sock)
+        now = time.monotonic()
+        if now >= self._next_tick:
+            self._next_tick = now + self._tick_interval
+            if self._on_tick is not None:
+                self._call(self._on_tick, now)
 
-    def _apply_control(self, poller: zmq.Poller,
-                       extra_prefix: dict[zmq.Socket[bytes], bytes]) -> None:
+    def _apply_control(self) -> None:
+        poller, extra_prefix = self._poller, self._extra_prefix
         while self._control:
             op, tag, future = self._control.popleft()
             try:

@@ -45,9 +45,13 @@ class WakePipe:
         self.pending = False
 
     def close(self) -> None:
-        for fd in (self.fd, self._write_fd):
+        # wakes from now on return at once (``pending``), and none writes to a closed
+        # descriptor whose number the process may already have given to another file
+        self.pending = True
+        fds = (self.fd, self._write_fd)
+        self.fd = self._write_fd = -1
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
-        self.fd = self._write_fd = -1
