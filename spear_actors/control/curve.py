@@ -1,6 +1,6 @@
 """Remote control over CURVE: the server's keys and the authorised client keys read from the
-files ``[control]`` names (:class:`RemoteAccess`), and the ZAP policy that admits those keys
-(:class:`KeyAllowList`: a pure decision; pyzmq's authenticator thread asks it and answers).
+files ``[control]`` names (:class:`RemoteAccess`). The CURVE socket and the ZAP policy that
+admits those keys are :mod:`spear_actors.transport.control`'s.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ if TYPE_CHECKING:
     from ..tomlconfig import ControlSettings
 
 
-__all__ = ["KeyAllowList", "RemoteAccess", "is_z85"]
+__all__ = ["RemoteAccess", "is_z85"]
 
 @dataclass(frozen=True)
 class RemoteAccess:
     """The CURVE side of the control endpoint: where it binds, the server's key pair and the
     client public keys allowed in (Z85). Requests over it need no token: the key is the
-    credential, checked by pyzmq's ZAP authenticator before any byte reaches us."""
+    credential, checked by pyzmq's ZAP authenticator before any byte reaches us. It is the
+    :class:`~spear_actors.transport.control.CurveKeys` the control sockets bind with."""
 
     endpoint: str
     public_key: bytes
@@ -67,15 +68,3 @@ def is_z85(key: str) -> bool:
     except (ValueError, KeyError, TypeError):
         return False
     return True
-
-
-class KeyAllowList:
-    """The ZAP policy: is this client public key (Z85) authorised? A pure decision; pyzmq's
-    authenticator thread asks it and answers the handshake."""
-
-    def __init__(self, authorized: frozenset[bytes]) -> None:
-        self.authorized = authorized
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        """``key`` is the client's public key, already Z85-encoded by pyzmq."""
-        return bytes(key) in self.authorized

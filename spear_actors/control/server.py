@@ -1,11 +1,12 @@
-"""Server side, :class:`ControlServer`: one background thread ("spear-control") owns a
-ZeroMQ ROUTER bound on loopback (token checked, constant-time, before anything else) and,
-with ``[control]`` CURVE settings, a second ROUTER beyond loopback whose clients pyzmq's ZAP
-authenticator admits by key. It answers cheap errors itself and hands each operation to a
-small worker pool (so a slow ``stop_instance`` holds up nobody); workers queue the reply and
-wake the socket thread through a pipe, so only that thread ever touches the sockets. The
-endpoint and a random token go into the run file; it is removed on shutdown. No secret
-(instance secret, token, environment) is ever part of a result.
+"""Server side, :class:`ControlServer`: what the control endpoint does with a request. The
+sockets are :class:`~spear_actors.transport.control.ControlSockets`' (one thread,
+"spear-control": a ROUTER on loopback and, with ``[control]`` CURVE settings, one beyond
+loopback whose clients pyzmq's ZAP authenticator admits by key). In that thread this module
+checks the token (constant-time, before anything else), answers cheap errors itself and hands
+each operation to a small worker pool (so a slow ``stop_instance`` holds up nobody); a worker
+hands its reply back to the socket thread. The endpoint and a random token go into the run
+file; it is removed on shutdown. No secret (instance secret, token, environment) is ever part
+of a result.
 """
 
 from __future__ import annotations
@@ -16,24 +17,22 @@ import hmac
 import json
 import os
 import secrets
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-import zmq
 
 from ..config import InstanceConfig, ResourceLimits, from_mapping
-from ..errors import ConfigError, SpearError, TransportError
+from ..errors import ConfigError, SpearError
+from ..transport.control import ControlRequest, ControlSockets
 
 if TYPE_CHECKING:
     from ..system import SpearSystem
 
-from .curve import KeyAllowList, RemoteAccess
+from .curve import RemoteAccess
 from .rundir import RunInfo, _write_run_file, claim_run_dir
 from .wire import MAX_REQUEST, REFUSED, pack, plain
 
@@ -74,26 +73,18 @@ class ControlServer:
                  shutdown: Callable[[], None] | None = None) -> None:
         self.system = system
         self.remote = remote
-        self.remote_endpoint = ""
-        self._bind_endpoint = bind_endpoint
         self._reload = reload
         self._shutdown = shutdown
         self.run_dir = run_dir
-        self.endpoint = ""
         self.requests = 0
         self.refused = 0
         self.run_file: Path | None = None
         self._token = secrets.token_urlsafe(32)
-        self._host = bind_host
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spear-control")
-        self._replies: deque[tuple[int, list[bytes], bytes]] = deque()
-        self._wake_r, self._wake_w = os.pipe()
-        self._wake_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._started = threading.Event()
-        self._error: BaseException | None = None
+        self._closed = False
         self._last_refusal_log = 0.0
-        self._thread = threading.Thread(target=self._run, name="spear-control", daemon=True)
+        self._sockets = ControlSockets(self._on_request, bind_endpoint or f"tcp://{bind_host}:*",
+                                       max_request=MAX_REQUEST, curve=remote)
         self._ops: dict[str, Callable[[Mapping[str, Any]], Any]] = {
             "ping": self._op_ping, "tree": self._op_tree, "instances": self._op_instances,
             "connections": self._op_connections, "metrics": self._op_metrics,
@@ -106,11 +97,7 @@ class ControlServer:
     # -- lifecycle (caller's thread) ----------------------------------------------------------
     def start(self, timeout: float = 10.0) -> RunInfo:
         claim_run_dir(self.run_dir)
-        self._thread.start()
-        if not self._started.wait(timeout):
-            raise TransportError("the control thread did not start in time")
-        if self._error is not None:
-            raise TransportError(f"cannot bind the control endpoint: {self._error}")
+        self._sockets.start(timeout)
         info = RunInfo(endpoint=self.endpoint, token=self._token, pid=os.getpid(),
                        started_at=time.time(), listener=self.system.endpoint)
         payload = {"endpoint": info.endpoint, "token": info.token, "pid": info.pid,
@@ -130,16 +117,10 @@ class ControlServer:
                 if data.get("pid") == os.getpid():
                     self.run_file.unlink()
             self.run_file = None
-        if not self._stopping.is_set():
-            self._stopping.set()
-            self._wake()
-            if self._thread.is_alive():
-                self._thread.join(timeout)
+        if not self._closed:
+            self._closed = True
+            self._sockets.stop(timeout)
             self._pool.shutdown(wait=False, cancel_futures=True)
-            with self._wake_lock:
-                os.close(self._wake_r)
-                os.close(self._wake_w)
-                self._wake_r = self._wake_w = -1
 
     def remove_run_file(self) -> None:
         """Best effort, for the forced exit path (no thread joins)."""
@@ -154,100 +135,30 @@ class ControlServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- the control thread ------------------------------------------------------------------
-    def _wake(self) -> None:
-        with self._wake_lock:
-            if self._wake_w >= 0:
-                with contextlib.suppress(OSError):
-                    os.write(self._wake_w, b"x")
+    @property
+    def endpoint(self) -> str:
+        """The loopback endpoint (once started)."""
+        return self._sockets.endpoint
 
-    def _run(self) -> None:
-        context = zmq.Context()
-        sockets: list[zmq.Socket[bytes]] = []
-        authenticator = None
-        try:
-            sock = context.socket(zmq.ROUTER)
-            sockets.append(sock)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST)
-            sock.bind(self._bind_endpoint or f"tcp://{self._host}:*")
-            self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            if self.remote is not None:
-                from zmq.auth.thread import ThreadAuthenticator
+    @property
+    def remote_endpoint(self) -> str:
+        """The CURVE endpoint ("" without ``remote``)."""
+        return self._sockets.remote_endpoint
 
-                authenticator = ThreadAuthenticator(context)
-                authenticator.start()
-                authenticator.configure_curve_callback(
-                    "*", credentials_provider=KeyAllowList(self.remote.authorized))
-                curve = context.socket(zmq.ROUTER)
-                sockets.append(curve)
-                curve.setsockopt(zmq.LINGER, 0)
-                curve.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST)
-                curve.curve_secretkey = self.remote.secret_key
-                curve.curve_publickey = self.remote.public_key
-                curve.curve_server = True
-                curve.bind(self.remote.endpoint)
-                self.remote_endpoint = curve.getsockopt_string(zmq.LAST_ENDPOINT)
-        except zmq.ZMQError as exc:
-            self._error = exc
-            for s in sockets:
-                s.close(0)
-            if authenticator is not None:
-                authenticator.stop()
-            context.term()
-            self._started.set()
-            return
-        self._started.set()
-        poller = zmq.Poller()
-        for s in sockets:
-            poller.register(s, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        try:
-            while not self._stopping.is_set():
-                ready = dict(poller.poll())
-                if ready.get(self._wake_r):
-                    os.read(self._wake_r, 4096)
-                for index, s in enumerate(sockets):
-                    if ready.get(s):
-                        self._drain(s, index)
-                while self._replies:
-                    index, envelope, body = self._replies.popleft()
-                    with contextlib.suppress(zmq.ZMQError):
-                        sockets[index].send_multipart([*envelope, body], zmq.NOBLOCK)
-        except Exception:
-            _log_exception("control endpoint: unexpected error, no longer serving")
-        finally:
-            for s in sockets:
-                s.close(0)
-            if authenticator is not None:
-                authenticator.stop()
-            context.term()
+    # -- the control socket thread -----------------------------------------------------------
+    def _on_request(self, arrived: ControlRequest) -> bytes | None:
+        reply = self._accept(arrived)
+        return None if reply is None else pack(reply)
 
-    def _drain(self, sock: zmq.Socket[bytes], index: int) -> None:
-        """Socket 0 is the loopback endpoint (token checked), socket 1 the CURVE one."""
-        for _ in range(256):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if not 2 <= len(frames) <= 3:
-                continue  # not a REQ or DEALER peer: nothing sensible to answer
-            envelope, body = frames[:-1], frames[-1]
-            reply = self._accept(envelope, body, index)
-            if reply is not None:
-                with contextlib.suppress(zmq.ZMQError):
-                    sock.send_multipart([*envelope, pack(reply)], zmq.NOBLOCK)
-
-    def _accept(self, envelope: list[bytes], body: bytes, index: int = 0
-                ) -> dict[str, Any] | None:
+    def _accept(self, arrived: ControlRequest) -> dict[str, Any] | None:
         """Check one request; returns the reply now, or None once queued to the pool."""
         self.requests += 1
         try:
-            request = msgpack.unpackb(body, raw=False, strict_map_key=True)
+            request = msgpack.unpackb(arrived.body, raw=False, strict_map_key=True)
         except Exception:  # msgpack raises several unrelated types on bad input
             request = None
         token = request.get("token") if isinstance(request, dict) else None
-        if index == 1 and isinstance(request, dict):
+        if arrived.curve and isinstance(request, dict):
             pass  # the CURVE endpoint: the ZAP handler already authenticated the key
         elif not isinstance(token, str) or not hmac.compare_digest(
                 token.encode("utf-8", "replace"), self._token.encode()):
@@ -267,13 +178,13 @@ class ControlServer:
         if not isinstance(args, dict):
             return {"ok": False, "code": "bad_request", "error": "args must be a map"}
         try:
-            self._pool.submit(self._perform, index, envelope, str(op), handler, args)
+            self._pool.submit(self._perform, arrived, str(op), handler, args)
         except RuntimeError:  # pool shut down: we are stopping
             return {"ok": False, "code": "stopping", "error": "the system is shutting down"}
         return None
 
     # -- worker threads ----------------------------------------------------------------------
-    def _perform(self, index: int, envelope: list[bytes], op: str,
+    def _perform(self, arrived: ControlRequest, op: str,
                  handler: Callable[[Mapping[str, Any]], Any], args: Mapping[str, Any]) -> None:
         try:
             reply: dict[str, Any] = {"ok": True, "result": plain(handler(args))}
@@ -288,8 +199,7 @@ class ControlServer:
         except Exception as exc:
             _log_exception("control op {} failed", op)
             reply = {"ok": False, "code": "internal", "error": f"{op}: internal error: {exc}"}
-        self._replies.append((index, envelope, pack(reply)))
-        self._wake()
+        self._sockets.reply(arrived, pack(reply))
 
     def _op_ping(self, args: Mapping[str, Any]) -> Any:
         return {"pid": os.getpid(), "listener": self.system.endpoint, "time": time.time(),

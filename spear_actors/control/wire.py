@@ -11,16 +11,12 @@ import enum
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
 
 from ..inspect import SupervisionTree
 from ..records import ConnectionState, ConnectionStatus, Event, InstanceInfo, InstanceState
-
-if TYPE_CHECKING:
-    pass
-
 
 __all__ = [
     "MAX_REQUEST",

@@ -58,3 +58,11 @@ def test_instance_imports_stay_lean(module: str) -> None:
 def test_protocol_imports_no_zmq() -> None:
     tops = {name.split(".")[0] for name in loaded_by("spear_actors.protocol")}
     assert not tops & (FORBIDDEN | {"zmq"}), sorted(tops & (FORBIDDEN | {"zmq"}))
+
+
+def test_attach_imports_no_actor_machinery() -> None:
+    """attach() (the control client) runs in scripts and REPLs beside other programs: it loads
+    neither the actor system nor the server's logging."""
+    tops = {name.split(".")[0] for name in loaded_by("spear_actors.control.client")}
+    assert "zmq" in tops
+    assert not tops & FORBIDDEN, sorted(tops & FORBIDDEN)
