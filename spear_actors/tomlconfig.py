@@ -50,8 +50,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
-__all__ = ["PYTHON_PLACEHOLDER", "ControlSettings", "SpearFile", "TaskSpec", "load", "parse",
-           "parse_size"]
+__all__ = ["PYTHON_PLACEHOLDER", "ControlSettings", "SpearFile", "TaskSpec", "command_from",
+           "load", "parse", "parse_size", "path_from"]
 
 PYTHON_PLACEHOLDER = "{python}"
 _TOP_KEYS = ("connection", "control", "monitoring", "system", "tasks")
@@ -178,7 +178,7 @@ def _build(data: dict[str, Any], source: str, base_dir: str) -> SpearFile:
         system_table["capacity_memory"] = parse_size(system_table["capacity_memory"],
                                                      "system.capacity_memory")
     if isinstance(system_table.get("work_dir"), str):
-        system_table["work_dir"] = _path(base_dir, system_table["work_dir"])
+        system_table["work_dir"] = path_from(base_dir, system_table["work_dir"])
     restart_table = system_table.pop("service_restart", None)
     system = from_mapping(SystemConfig, system_table, "system")
     if restart_table is not None:
@@ -217,7 +217,7 @@ def _control(value: object, base_dir: str) -> ControlSettings:
         path = table.get(key)
         if path is not None and not isinstance(path, str):
             raise ConfigError(f"control.{key}: expected a path, got {type(path).__name__}")
-        files[key] = _path(base_dir, path) if path else None
+        files[key] = path_from(base_dir, path) if path else None
         if files[key] is not None and not os.path.isfile(str(files[key])):
             raise ConfigError(f"control.{key}: no such file {files[key]}")
     settings = ControlSettings(endpoint, files["server_secret_key_file"],
@@ -268,19 +268,22 @@ def _task(entry: object, where: str, base_dir: str) -> TaskSpec:
                           "or entry = \"package.module:handler\")")
     command = table.get("command")
     if isinstance(command, list) and command and all(isinstance(a, str) for a in command):
-        table["command"] = _command(command, base_dir)
+        table["command"] = command_from(command, base_dir)
     if isinstance(table.get("working_dir"), str):
-        table["working_dir"] = _path(base_dir, table["working_dir"])
+        table["working_dir"] = path_from(base_dir, table["working_dir"])
     config = from_mapping(InstanceConfig, table, where)
     return TaskSpec(name=name, instances=count, config=config, limits=limits)
 
 
-def _command(command: list[str], base_dir: str) -> list[str]:
+def command_from(command: list[str], base_dir: str) -> list[str]:
+    """``command`` with ``{python}`` replaced and a relative ``command[0]`` containing a
+    ``/`` taken from ``base_dir`` (a bare name is looked up on PATH when it starts)."""
     argv = [sys.executable if arg == PYTHON_PLACEHOLDER else arg for arg in command]
     if "/" in argv[0] and not os.path.isabs(argv[0]):
-        argv[0] = _path(base_dir, argv[0])
+        argv[0] = path_from(base_dir, argv[0])
     return argv
 
 
-def _path(base_dir: str, path: str) -> str:
+def path_from(base_dir: str, path: str) -> str:
+    """``path`` (``~`` expanded) taken from ``base_dir`` unless absolute."""
     return os.path.normpath(os.path.join(base_dir, os.path.expanduser(path)))

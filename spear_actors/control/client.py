@@ -1,32 +1,28 @@
 """Client side: :func:`attach` returns an :class:`Attached` handle with the read methods of
 :class:`~spear_actors.system.SpearSystem` (same record types back) and the operator actions,
-to the local ``up`` (run file and token) or a remote one (``endpoint``, CURVE keys). Every
-request has a timeout; on timeout the REQ socket is thrown away and
-:class:`~spear_actors.errors.TimeoutError` raised. Imports no pykka or loguru.
+to the local ``up`` (run file and token) or a remote one (``endpoint``, CURVE keys). The
+socket is :class:`~spear_actors.transport.control_client.RequestChannel`'s; every request has
+a timeout (:class:`~spear_actors.errors.TimeoutError`). Imports no pykka or loguru.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack
-import zmq
 
 from .. import errors
 from ..config import InstanceConfig, ResourceLimits
 from ..errors import AuthenticationError, ConfigError, SpearError, TimeoutError, TransportError
 from ..inspect import SupervisionTree
 from ..records import ConnectionState, Event, InstanceInfo
-
-if TYPE_CHECKING:
-    pass
-
+from ..tomlconfig import command_from, path_from
+from ..transport.control_client import NoReply, RequestChannel
 from .curve import is_z85
 from .rundir import RunInfo, read_run_file, resolve_run_dir
 from .wire import connection_from, event_from, info_from, pack, plain, tree_from_dict
@@ -47,9 +43,7 @@ class Attached:
         self.timeout = timeout
         self._curve = curve  # (server public, client public, client secret): remote control
         self._executor: ThreadPoolExecutor | None = None
-        self._context = zmq.Context()
-        self._sock: zmq.Socket[bytes] | None = None
-        self._lock = threading.Lock()
+        self._channel = RequestChannel(info.endpoint, curve)
 
     def __repr__(self) -> str:
         return f"<Attached pid {self.info.pid} control {self.info.endpoint}>"
@@ -64,46 +58,25 @@ class Attached:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        with self._lock:
-            self._drop_socket()
-            self._context.term()
-
-    def _drop_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
+        self._channel.close()
 
     def request(self, op: str, args: Mapping[str, Any] | None = None,
                 timeout: float | None = None) -> Any:
         """Send one request and return its ``result``; raise what the server reports."""
         limit = self.timeout if timeout is None else timeout
         body = pack({"token": self.info.token, "op": op, "args": dict(args or {})})
-        with self._lock:
-            if self._sock is None:
-                sock = self._context.socket(zmq.REQ)
-                sock.setsockopt(zmq.LINGER, 0)
-                if self._curve is not None:
-                    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = \
-                        self._curve
-                sock.connect(self.info.endpoint)
-                self._sock = sock
-            self._sock.setsockopt(zmq.SNDTIMEO, max(1, int(limit * 1000)))
-            self._sock.setsockopt(zmq.RCVTIMEO, max(1, int(limit * 1000)))
-            try:
-                self._sock.send(body)
-                raw = self._sock.recv()
-            except zmq.Again:
-                self._drop_socket()  # a REQ socket that missed its reply is stuck: replace it
-                who = (f"spear-actors (pid {self.info.pid})" if self.info.pid else
-                       "the remote spear-actors")
-                hint = (" (CURVE: a server key that does not match, or a client key the "
-                        "server does not authorise, is never answered)"
-                        if self._curve is not None else "")
-                raise TimeoutError(f"{who} did not answer {op!r} on {self.info.endpoint} "
-                                   f"within {limit} s{hint}") from None
-            except zmq.ZMQError as exc:
-                self._drop_socket()
-                raise TransportError(f"control request {op!r} failed: {exc}") from exc
+        try:
+            raw = self._channel.request(body, limit)
+        except NoReply:
+            who = (f"spear-actors (pid {self.info.pid})" if self.info.pid else
+                   "the remote spear-actors")
+            hint = (" (CURVE: a server key that does not match, or a client key the "
+                    "server does not authorise, is never answered)"
+                    if self._curve is not None else "")
+            raise TimeoutError(f"{who} did not answer {op!r} on {self.info.endpoint} "
+                               f"within {limit} s{hint}") from None
+        except TransportError as exc:
+            raise TransportError(f"control request {op!r} failed: {exc}") from exc
         try:
             reply = msgpack.unpackb(raw, raw=False)
         except Exception as exc:
@@ -214,9 +187,17 @@ class Attached:
 
     def create_instance(self, task_id: str, config: InstanceConfig,
                         limits: ResourceLimits | None = None) -> str:
-        """Launch one more instance of ``task_id``; returns its id (see wait_ready)."""
+        """Launch one more instance of ``task_id``; returns its id (see wait_ready).
+
+        Attached to a local system, paths are the caller's, as on a command line: a
+        relative ``working_dir`` and a relative ``command[0]`` containing a ``/`` are taken
+        from the current directory, and without a ``working_dir`` the instance starts in it
+        (so ``["python3", "upper.py"]`` runs ./upper.py). Attached by ``endpoint``, paths
+        are the remote host's and are sent as given."""
         if not isinstance(config, InstanceConfig):
             raise ConfigError("config must be an InstanceConfig")
+        if self._curve is None:
+            config = _from_callers_directory(config)
         return str(self.request("create_instance", {
             "task_id": task_id, "config": plain(config),
             "limits": plain(limits or ResourceLimits())}))
@@ -262,6 +243,13 @@ def attach(run_dir: str | os.PathLike[str] | None = None, timeout: float = 5.0, 
     if endpoint is not None:
         handle.info = dataclasses.replace(handle.info, pid=int(info.get("pid", 0)))
     return handle
+
+
+def _from_callers_directory(config: InstanceConfig) -> InstanceConfig:
+    cwd = os.getcwd()
+    command = tuple(command_from(list(config.command), cwd)) if config.command else ()
+    working_dir = path_from(cwd, config.working_dir) if config.working_dir else cwd
+    return dataclasses.replace(config, command=command, working_dir=working_dir)
 
 
 def _client_curve(server_key: str | None, client_key_file: str | os.PathLike[str] | None

@@ -180,6 +180,34 @@ def test_operator_actions(served: tuple[SpearSystem, ControlServer, Path]) -> No
         wait_until(lambda: spear.events(limit=5, kinds={"InstanceStopped"}), 5)
 
 
+def test_create_instance_takes_paths_from_the_callers_directory(
+        served: tuple[SpearSystem, ControlServer, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`attach().create_instance(["python", "upper.py"])` runs ./upper.py of the caller, not
+    a file of that name beside the spearlet (which starts instances elsewhere)."""
+    _, _, run_dir = served
+    app = tmp_path / "app"
+    (app / "bin").mkdir(parents=True)
+    (app / "upper.py").write_text(
+        "from spear_actors.client import InstanceClient\n"
+        "InstanceClient.from_env().serve(lambda method, data: data.upper())\n")
+    (app / "bin" / "upper").write_text(f"#!/bin/sh\nexec {sys.executable} ../upper.py\n")
+    (app / "bin" / "upper").chmod(0o755)
+    monkeypatch.chdir(app)
+    with attach(run_dir, timeout=5) as spear:
+        by_argument = spear.create_instance(
+            "upper", InstanceConfig(command=[sys.executable, "upper.py"], stop_timeout=2))
+        assert spear.wait_ready(by_argument, timeout=15).state is InstanceState.READY
+        assert spear.execute(by_argument, b"abc", timeout=10) == b"ABC"
+        # a relative program path and a relative working_dir, both from here
+        by_program = spear.create_instance(
+            "upper", InstanceConfig(command=["bin/upper"], working_dir="bin", stop_timeout=2))
+        assert spear.wait_ready(by_program, timeout=15).state is InstanceState.READY
+        assert spear.execute(by_program, b"xyz", timeout=10) == b"XYZ"
+        for iid in (by_argument, by_program):
+            spear.stop_instance(iid, timeout=10)
+
+
 def test_tree_round_trips_through_plain_data(served: tuple[SpearSystem, ControlServer, Path]
                                              ) -> None:
     system, _, _ = served
