@@ -27,8 +27,7 @@ def no_child_processes_left() -> Iterator[None]:
         left = leftovers()
         described = []
         for p in left:
-            with contextlib.suppress(psutil.Error):
-                described.append(f"{p.pid} {p.status()} {p.cmdline()}")
+            described.append(_describe(p))  # before the kill: a zombie has no cmdline
             with contextlib.suppress(psutil.Error):
                 p.kill()
         psutil.wait_procs(left, timeout=3.0)
@@ -36,6 +35,17 @@ def no_child_processes_left() -> Iterator[None]:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(p.pid, os.WNOHANG)
         pytest.fail(f"test left child processes behind: {described}")
+
+
+def _describe(p: psutil.Process) -> str:
+    """pid, status, parent, name and command line: as much as can still be read."""
+    parts = [str(p.pid)]
+    for read in (p.status, p.ppid, p.name, p.cmdline):
+        try:
+            parts.append(str(read()))
+        except psutil.Error as exc:
+            parts.append(type(exc).__name__)
+    return " ".join(parts)
 
 
 @pytest.fixture(autouse=True)

@@ -96,12 +96,26 @@ def tree_of(pids: Iterable[int]) -> list[psutil.Process]:
     return found
 
 
+def reaped(p: psutil.Process) -> bool:
+    """``p`` is gone for good: not even a zombie. A zombie of ours is reaped here; one whose
+    parent is dying is not done yet: it may be re-parented to us (the subreaper) only then."""
+    try:
+        if not p.is_running():
+            return True
+        if p.status() == psutil.STATUS_ZOMBIE and p.ppid() == os.getpid():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p.pid, os.WNOHANG)
+        return not p.is_running()
+    except psutil.NoSuchProcess:
+        return True
+
+
 def kill_all(procs: Iterable[psutil.Process], timeout: float = 5.0) -> None:
     """Cleanup: SIGKILL whatever of ``procs`` still runs and wait (bounded) until every one is
-    dead, reaping the zombies that are ours."""
+    gone for good (:func:`reaped`), so that no zombie outlives the test."""
     procs = list(procs)
     for p in procs:
         with contextlib.suppress(psutil.Error):
             if not dead(p):
                 p.kill()
-    wait_until(lambda: all(dead(p) for p in procs), timeout, message="cleanup kills")
+    wait_until(lambda: all(reaped(p) for p in procs), timeout, message="cleanup kills")
