@@ -11,18 +11,15 @@ written from any thread). Nothing a peer sends can stop the pump.
 
 Hostile peers (DESIGN.md section 11): the owner may :meth:`~RouterPump.mute` a routing id.
 The pump then drops that peer's frames as they arrive, without decoding or handing them on,
-and CUT_GRACE later cuts its TCP or ipc connection (``shutdown`` of the connection's
-descriptor, taken with ``ZMQ_SRCFD`` from its first frame and checked against the peer seen
-then), so the peer must reconnect, under a new routing id, to be heard again. What it had
-sent beyond our queue for it (PEER_QUEUE frames) goes with the connection.
+and :data:`~.peer_cut.CUT_GRACE` later cuts its TCP or ipc connection
+(:class:`~.peer_cut.PeerCuts`), so the peer must reconnect, under a new routing id, to be
+heard again. What it had sent beyond our queue for it (PEER_QUEUE frames) goes with the
+connection.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import os
-import socket
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -36,6 +33,7 @@ from ..config import ConnectionConfig
 from ..errors import TransportError
 from .endpoints import BoundEndpoint, bind_listener, release_endpoint
 from .gate import PlainGate
+from .peer_cut import PeerCuts
 from .socket_thread import Context, SocketThread
 
 __all__ = ["Inbound", "RouterPump"]
@@ -45,9 +43,6 @@ MAX_BATCH = 256
 holds up others' requests and replies for long."""
 DEFAULT_HWM = 100_000
 """Outbound queue per peer (requests in flight to one instance)."""
-CUT_GRACE = 0.05
-"""Seconds between muting a peer and cutting its connection: time for libzmq's I/O thread to
-write the one answer it was sent (the socket write is asynchronous)."""
 PEER_QUEUE = 4096
 """Inbound queue per peer (ZMQ_RCVHWM): what a peer may have waiting for us. A muted peer's
 queue is read and dropped frame by frame until its cut takes effect, so this bounds what a
@@ -57,9 +52,6 @@ LISTENER_MARK = 0xFF
 Ids ZeroMQ assigns start with a zero byte, so on the main listener a peer-chosen id starting
 with 0xFF could only be an impersonation attempt: such frames are dropped and counted."""
 TAG_SIZE = 4
-MAX_MUTED = 65_536
-"""Muted routing ids remembered (oldest forgotten first: a forgotten one that is still
-connected gets its next frame decoded once, and is muted again)."""
 # plain ints: pyzmq's flag enums cost an Enum call per `|`, and `sock.rcvmore` goes through
 # attribute magic (getattr on the zmq module) on every access; both sit on the hot path
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -102,14 +94,6 @@ class RouterPump(SocketThread):
         self._hwm = hwm
         self._name = name
         self._outbox: collections.deque[tuple[bytes, bytes, int]] = collections.deque()
-        self._known: dict[bytes, tuple[int, object]] = {}
-        """routing id -> (descriptor, the peer's identity: remote address, or credentials on
-        ipc), taken at its first frame: a connection is cut only if its descriptor still
-        leads there."""
-        self._peer_ops: collections.deque[tuple[bytes, bool]] = collections.deque()
-        """(routing id, mute?) from the owner, applied in order by the pump thread."""
-        self._muted: dict[bytes, None] = {}  # ordered: the oldest is forgotten first
-        self._cuts: collections.deque[tuple[float, bytes]] = collections.deque()
         self._control: collections.deque[tuple[str, bytes, Future[BoundEndpoint]]] = \
             collections.deque()
         self._extra: dict[bytes, tuple[zmq.Socket[bytes], BoundEndpoint]] = {}
@@ -122,6 +106,7 @@ class RouterPump(SocketThread):
         """ZeroMQ's own gate (``ConnectionConfig.gate``): the owner allows instances in it."""
         self.counters: dict[str, int] = collections.defaultdict(int)
         """frames_in, frames_out, send_failed, multipart, consumer_errors, ..."""
+        self._peers = PeerCuts(self.counters)  # muted peers and their cuts
 
     # -- owner API (any thread) ------------------------------------------------------------------
     @property
@@ -184,18 +169,18 @@ class RouterPump(SocketThread):
     def forget(self, routing_id: bytes) -> None:
         """The owner no longer tracks this peer; its address is reported again if it returns.
         Any thread."""
-        self._peer_ops.append((routing_id, False))
+        self._peers.request(routing_id, mute=False)
         self._wakeup.wake()
 
     def mute(self, routing_id: bytes) -> None:
         """Drop every later frame of ``routing_id`` undecoded and cut its connection. Any
         thread; applied by the pump thread before it reads the next frames."""
-        self._peer_ops.append((routing_id, True))
+        self._peers.request(routing_id, mute=True)
         self._wakeup.wake()
 
     @property
     def muted_count(self) -> int:
-        return len(self._muted)
+        return len(self._peers.muted)
 
     def __enter__(self) -> RouterPump:
         self.start()
@@ -260,11 +245,8 @@ class RouterPump(SocketThread):
             self.counters["gate_denied"] += denied
         if woken and self._control:
             self._apply_control()
-        if self._peer_ops:
-            self._apply_peer_ops()
-        if self._cuts and self._cuts[0][0] <= time.monotonic():
-            while self._cuts and self._cuts[0][0] <= time.monotonic():
-                self._cut(self._cuts.popleft()[1])
+        if self._peers.pending():
+            self._peers.apply()
         if self._outbox:
             self._flush(sock)
         if sock in events:
@@ -314,35 +296,10 @@ class RouterPump(SocketThread):
                 future.set_exception(exc if isinstance(exc, TransportError | ValueError)
                                      else TransportError(str(exc)))
 
-    def _apply_peer_ops(self) -> None:
-        muted, known = self._muted, self._known
-        while self._peer_ops:
-            routing_id, mute = self._peer_ops.popleft()
-            if not mute:
-                if routing_id not in muted:  # a muted peer's descriptor is kept for its cut
-                    known.pop(routing_id, None)
-            elif routing_id not in muted:
-                muted[routing_id] = None
-                if len(muted) > MAX_MUTED:
-                    del muted[next(iter(muted))]
-                self._cuts.append((time.monotonic() + CUT_GRACE, routing_id))
-
-    def _cut(self, routing_id: bytes) -> None:
-        """Shut the muted peer's connection down, CUT_GRACE after it was muted (libzmq then
-        closes it: the peer must reconnect under a new routing id). Only if the descriptor
-        still leads to the peer first seen under this routing id: a descriptor number may
-        have been reused."""
-        fd, expected = self._known.pop(routing_id, (-1, None))
-        if fd < 0 or expected is None or _peer_identity(fd) != expected:
-            return
-        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as conn:
-            conn.shutdown(socket.SHUT_RDWR)
-            self.counters["peers_cut"] += 1
-
     def _drain(self, sock: zmq.Socket[bytes], prefix: bytes) -> None:
         batch: list[Inbound] = []
-        known = self._known
-        muted = self._muted
+        peers = self._peers
+        known, muted = peers.known, peers.muted
         now = time.monotonic()
         recv, more = sock.recv, sock.getsockopt
         for _ in range(MAX_BATCH):
@@ -369,14 +326,7 @@ class RouterPump(SocketThread):
                     recv(_NOBLOCK)
                 self.counters["multipart"] += 1
                 body = b""  # decodes as a bad message and is counted as such upstream
-            addr = None
-            if routing_id not in known:
-                try:
-                    addr = str(rid_frame.get("Peer-Address")) or None
-                    fd = int(rid_frame.get(zmq.SRCFD))
-                    known[routing_id] = (fd, _peer_identity(fd))
-                except (zmq.ZMQError, ValueError, TypeError):
-                    known[routing_id] = (-1, None)
+            addr = None if routing_id in known else peers.note(routing_id, rid_frame)
             batch.append(Inbound(routing_id, body, now, addr))
         if batch:
             self.counters["frames_in"] += len(batch)
@@ -417,15 +367,3 @@ class RouterPump(SocketThread):
         except Exception:
             self.counters["consumer_errors"] += 1
             log_exception(logger, "router pump callback {} raised", getattr(fn, "__name__", fn))
-
-
-def _peer_identity(fd: int) -> object:
-    """Who is at the other end of connection ``fd``: (address, port) for TCP, the peer's
-    (pid, uid, gid) for ipc; None if it cannot be told."""
-    try:
-        with socket.socket(fileno=os.dup(fd)) as conn:
-            if conn.family == socket.AF_UNIX:
-                return conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-            return conn.getpeername()
-    except OSError:
-        return None
