@@ -283,8 +283,10 @@ class SpearSystem:
             infos = self._with_load(infos)
         return infos
 
-    def _runtime_infos(self, task_id: str | None = None) -> list[InstanceInfo]:
-        return self._ask(self.runtime, ListInstances(task_id))  # type: ignore[no-any-return]
+    def _runtime_infos(self, task_id: str | None = None, include_idle: bool = False
+                       ) -> list[InstanceInfo]:
+        return self._ask(self.runtime,  # type: ignore[no-any-return]
+                         ListInstances(task_id, include_idle))
 
     def _with_load(self, infos: list[InstanceInfo]) -> list[InstanceInfo]:
         """READY -> BUSY where the task manager says every slot holds a request."""
@@ -344,7 +346,7 @@ class SpearSystem:
         result: dict[str, list[str]] = self._ask(self.runtime, ScaleTask(
             task_id, 0, forget=True))
         deadline = time.monotonic() + timeout
-        while self._runtime_infos(task_id):
+        while self._runtime_infos(task_id, include_idle=True):  # its warm pool too
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"task {task_id} not stopped within {timeout} s")
             self._failed.wait(0.02)

@@ -335,6 +335,8 @@ class RuntimeActor(pykka.ThreadingActor):
                 and e.config == config and e.limits == limits]
 
     def _refill(self, task_id: str, config: InstanceConfig, limits: ResourceLimits) -> None:
+        if task_id not in self._templates:
+            return  # the task was removed (a reload) since the claim: no pool for it
         for _ in range(config.prestart - len(self._pool(task_id, config, limits))):
             try:
                 self._new(task_id, config, limits, claimed=threading.Event())
@@ -417,10 +419,13 @@ class RuntimeActor(pykka.ThreadingActor):
             raise ConfigError(f"scale {task_id}: the count must be >= 0, got {count}")
         if config is not None:
             self._templates[task_id] = (config, limits or ResourceLimits())
-        live = [iid for iid, e in self._entries.items()
+        # the task's instances: idle warm-pool members are the pool's, not counted (a scale
+        # up claims them first); forgetting the task removes them too
+        mine = [(iid, _idle(e)) for iid, e in self._entries.items()
                 if e.task_id == task_id and not e.removing]
+        live = [iid for iid, idle in mine if not idle]
         template = self._templates.get(task_id)
-        if template is None and not live:
+        if template is None and not mine:
             raise SpearError(f"no task {task_id!r}")
         created: list[str] = []
         removed: list[str] = []
@@ -428,7 +433,8 @@ class RuntimeActor(pykka.ThreadingActor):
             assert template is not None
             for _ in range(count - len(live)):
                 created.append(self._create(task_id, *template))
-        for instance_id in reversed(live[count:]):  # the newest first
+        going = live[count:] + ([iid for iid, idle in mine if idle] if forget else [])
+        for instance_id in reversed(going):  # the newest first
             removed.append(instance_id)
             entry = self._entries[instance_id]
             entry.removing = True

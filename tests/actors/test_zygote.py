@@ -229,6 +229,29 @@ def test_a_warm_pool_is_claimed_ready_and_refilled(system: SpearSystem) -> None:
     assert {i.id for i in system.instances("pool")} == {first, claimed}
 
 
+def test_scale_counts_claimed_instances_not_the_warm_pool(system: SpearSystem) -> None:
+    config = handler("flaky", prestart=1)
+    first = system.create_instance("sp", config)
+    system.wait_ready(first, WAIT)
+
+    def idle() -> set[str]:
+        return {n["id"] for n in system.tree().to_dict()["instances"]
+                if n["idle"] and n["task_id"] == "sp" and n["state"] == "ready"}
+
+    (member,) = wait_until(idle, WAIT, message="one idle READY member")
+    grown = system.scale("sp", 2)  # one more: the idle member is claimed, not counted
+    assert grown == {"created": [member], "removed": []}
+    assert {i.id for i in system.instances("sp")} == {first, member}
+    (refill,) = wait_until(idle, WAIT, message="the pool refilled")
+    assert system.scale("sp", 2) == {"created": [], "removed": []}  # 2 already, pool aside
+    shrunk = system.scale("sp", 1)  # the newest claimed one goes, not the pool's member
+    assert shrunk == {"created": [], "removed": [member]}
+    assert idle() == {refill}
+    removed = system.remove_task("sp")  # a removed task takes its pool with it
+    assert set(removed) == {first, refill}
+    assert not [n for n in system.tree().to_dict()["instances"] if n["task_id"] == "sp"]
+
+
 def test_the_zygote_imports_only_what_serving_needs() -> None:
     import subprocess
 
