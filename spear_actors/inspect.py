@@ -44,6 +44,10 @@ class SupervisionTree:
     isolation: str | None = None
     """How instance limits are enforced (DESIGN.md section 9): ``cgroup v2``, ``cgroup v1``
     or ``rlimit``."""
+    zygotes: list[dict[str, Any]] | None = None
+    """The zygotes forking handler instances (DESIGN.md section 10): pid, alive, preload,
+    path, children."""
+    zygote_restarts: int = 0
 
     @classmethod
     def from_snapshots(cls, runtime: dict[str, Any], tasks: dict[str, Any] | None
@@ -52,7 +56,9 @@ class SupervisionTree:
                    instances=list(runtime["instances"]), taken_at=time.time(),
                    tasks=dict(tasks or {}),
                    service_restarts=dict(runtime.get("service_restarts") or {}),
-                   failed=runtime.get("failed"), isolation=runtime.get("isolation"))
+                   failed=runtime.get("failed"), isolation=runtime.get("isolation"),
+                   zygotes=list(runtime.get("zygotes") or []),
+                   zygote_restarts=int(runtime.get("zygote_restarts") or 0))
 
     def to_dict(self) -> dict[str, Any]:
         in_flight = self.tasks.get("instances", {})
@@ -73,7 +79,9 @@ class SupervisionTree:
         return {"endpoint": self.endpoint, "taken_at": self.taken_at,
                 "runtime": {"alive": True, "services": dict(self.services),
                             "service_restarts": dict(self.service_restarts or {}),
-                            "failed": self.failed, "isolation": self.isolation},
+                            "failed": self.failed, "isolation": self.isolation,
+                            "zygotes": [dict(z) for z in self.zygotes or []],
+                            "zygote_restarts": self.zygote_restarts},
                 "tasks": {"pending": self.tasks.get("pending", 0),
                           "queued": self.tasks.get("queued", 0)},
                 "instances": nodes}
@@ -93,6 +101,10 @@ class SupervisionTree:
                 extra += (f"  {data['tasks']['pending']} in flight, "
                           f"{data['tasks']['queued']} queued")
             entries.append((f"{name} [{_alive(alive)}]{extra}", []))
+        if self.zygotes:
+            entries.append((f"ZygotePool restarts {self.zygote_restarts}", [
+                f"Zygote[{','.join(z['preload']) or '-'}] [{_alive(z['alive'])}] "
+                f"pid {z['pid']}, {z['children']} forked" for z in self.zygotes]))
         for node in data["instances"]:
             policy = node["supervisor"]["restart_policy"]
             head = (f"SupervisorActor[{node['id']}] "
@@ -112,8 +124,9 @@ class SupervisionTree:
         for i, (head, children) in enumerate(entries):
             last = i == len(entries) - 1
             lines.append(f"    {'└──' if last else '├──'} {head}")
-            for child in children:
-                lines.append(f"    {'    ' if last else '│   '}└── {child}")
+            for j, child in enumerate(children):
+                lines.append(f"    {'    ' if last else '│   '}"
+                             f"{'└──' if j == len(children) - 1 else '├──'} {child}")
         return "\n".join(lines)
 
     __str__ = __repr__

@@ -513,6 +513,8 @@ class RuntimeActor(pykka.ThreadingActor):
                 "instances": children,
                 "capacity": {"cpus": self.capacity_cpus, "memory": self.capacity_memory},
                 "isolation": self._isolation.mode if self._isolation is not None else "rlimit",
+                "zygotes": self._zygotes.describe() if self._zygotes is not None else [],
+                "zygote_restarts": self._zygotes.restarts if self._zygotes is not None else 0,
                 "endpoint": deps.listener.endpoint if deps else None}
 
 

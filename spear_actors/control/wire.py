@@ -65,7 +65,9 @@ def tree_from_dict(data: Mapping[str, Any]) -> SupervisionTree:
                            instances=nodes, taken_at=float(data.get("taken_at", time.time())),
                            tasks={**tasks, "instances": in_flight},
                            service_restarts=dict(runtime.get("service_restarts") or {}),
-                           failed=runtime.get("failed"), isolation=runtime.get("isolation"))
+                           failed=runtime.get("failed"), isolation=runtime.get("isolation"),
+                           zygotes=list(runtime.get("zygotes") or []),
+                           zygote_restarts=int(runtime.get("zygote_restarts") or 0))
 
 
 def _fields(cls: type[Any], data: Mapping[str, Any]) -> dict[str, Any]:

@@ -180,6 +180,11 @@ class Zygote:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def child_count(self) -> int:
+        """Forked children not reaped yet."""
+        return len(self._children)
+
     def fork(self, request: Mapping[str, Any]) -> ForkedChild:
         """Fork one instance; raises :class:`SpawnError` if the zygote cannot."""
         out_r, out_w = os.pipe()
@@ -309,6 +314,12 @@ class ZygotePool:
     def zygotes(self) -> list[Zygote]:
         with self._lock:
             return list(self._zygotes.values())
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each zygote as plain data, for the supervision tree: pid, alive, preload, path and
+        how many forked children it has now."""
+        return [{"pid": z.pid, "alive": z.alive, "preload": list(z.preload),
+                 "path": list(z.path), "children": z.child_count} for z in self.zygotes()]
 
     def close(self) -> None:
         with self._lock:

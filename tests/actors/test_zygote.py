@@ -101,10 +101,18 @@ def test_a_killed_zygote_is_restarted_and_its_children_keep_serving(
     iid = system.create_instance("flaky", handler("flaky"))
     pid = system.wait_ready(iid, WAIT).pid
     (zygote,) = zygote_processes()
+    tree = system.tree()  # the zygote is part of the tree it serves
+    assert tree.to_dict()["runtime"]["zygotes"] == [
+        {"pid": zygote.pid, "alive": True, "preload": [], "path": [], "children": 1}]
+    assert f"ZygotePool restarts 0\n    │   └── Zygote[-] [alive] pid {zygote.pid}, 1 forked" \
+        in str(tree)
     zygote.kill()
     new = wait_until(lambda: [z for z in zygote_processes() if z.pid != zygote.pid], WAIT,
                      message="a new zygote")
     assert new and len(new) == 1
+    runtime = wait_until(lambda: (r := system.tree().to_dict()["runtime"])["zygotes"][0][
+        "pid"] == new[0].pid and r, WAIT, message="the new zygote in the tree")
+    assert runtime and runtime["zygote_restarts"] == 1 and runtime["zygotes"][0]["alive"]
     assert system.execute(iid, b"still", timeout=WAIT) == b"still"
     assert system.instance(iid).pid == pid
     other = system.create_instance("flaky", handler("flaky"))
