@@ -25,6 +25,7 @@ READY/BUSY, 4 a name matches nothing, 130 forced.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from .. import __version__
@@ -69,8 +70,28 @@ def cmd_help(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Global options whose value may begin with ``-``: a Z85 key does one time in 85.
+_VALUE_OPTIONS = frozenset({"--endpoint", "--server-key", "--client-key-file"})
+
+
+def join_option_values(argv: Sequence[str]) -> list[str]:
+    """``--server-key -x...`` becomes ``--server-key=-x...`` before the command name.
+
+    argparse takes a separate value that starts with ``-`` for an option and fails with
+    "expected one argument"; a Z85 public key may start with ``-``. Only the global options
+    before COMMAND are touched, so a command's own arguments reach argparse as given.
+    """
+    out = list(argv)
+    i = 0
+    while i < len(out) and out[i].startswith("-"):
+        if out[i] in _VALUE_OPTIONS and i + 1 < len(out):
+            out[i:i + 2] = [f"{out[i]}={out[i + 1]}"]
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_option_values(sys.argv[1:] if argv is None else argv))
     try:
         code = int(args.func(args))
     except SpearError as exc:  # NotRunning, TimeoutError, refused, ...
