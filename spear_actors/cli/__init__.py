@@ -37,6 +37,17 @@ from .registry import add_commands, command
 __all__ = ["build_parser", "main"]
 
 
+#: The global options (option, metavar, help) that reach a remote ``up``. Their values may
+#: begin with ``-`` (a Z85 key does one time in 85): :func:`join_option_values` joins them.
+_REMOTE_OPTIONS: tuple[tuple[str, str, str | None], ...] = (
+    ("--endpoint", "tcp://HOST:PORT", None),
+    ("--server-key", "Z85", "the server's public key"),
+    ("--client-key-file", "CERT",
+     "a secret certificate (zmq.auth.create_certificates) whose public key the server "
+     "authorises"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spear-actors", description="Spear node agent: supervised instances over ZeroMQ.")
@@ -44,11 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     remote = parser.add_argument_group(
         "remote control", "reach an `up` on another host through its CURVE endpoint "
         "([control] in its spear.toml) instead of the local run directory")
-    remote.add_argument("--endpoint", metavar="tcp://HOST:PORT")
-    remote.add_argument("--server-key", metavar="Z85", help="the server's public key")
-    remote.add_argument("--client-key-file", metavar="CERT",
-                        help="a secret certificate (zmq.auth.create_certificates) whose "
-                             "public key the server authorises")
+    for option, metavar, text in _REMOTE_OPTIONS:
+        remote.add_argument(option, metavar=metavar, help=text)
     add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     return parser
 
@@ -70,10 +78,6 @@ def cmd_help(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Global options whose value may begin with ``-``: a Z85 key does one time in 85.
-_VALUE_OPTIONS = frozenset({"--endpoint", "--server-key", "--client-key-file"})
-
-
 def join_option_values(argv: Sequence[str]) -> list[str]:
     """``--server-key -x...`` becomes ``--server-key=-x...`` before the command name.
 
@@ -84,7 +88,7 @@ def join_option_values(argv: Sequence[str]) -> list[str]:
     out = list(argv)
     i = 0
     while i < len(out) and out[i].startswith("-"):
-        if out[i] in _VALUE_OPTIONS and i + 1 < len(out):
+        if any(out[i] == option for option, _, _ in _REMOTE_OPTIONS) and i + 1 < len(out):
             out[i:i + 2] = [f"{out[i]}={out[i + 1]}"]
         i += 1
     return out
